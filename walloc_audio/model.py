@@ -1,0 +1,204 @@
+"""The WaLLoC codec model: WPT -> linear encoder -> bottleneck -> decoder -> inverse WPT.
+
+Full-scale convention: audio is float in ``[-1, 1]`` (0 dBFS = 1.0) and is never
+normalized per clip -- a stream has no "clip". Loud input that exceeds full
+scale is clipped by the caller before encoding (and counted).
+
+Timing: the analysis and the decoder are causal over frames of ``N = 2**J``
+samples. Encoding a signal of ``T`` samples yields latent frames that describe
+it with a delay: :meth:`WallocCodec.decode` of the first ``K`` latent frames
+returns ``x`` delayed by ``delay_samples``. To get all of ``x`` back, encode
+``flush_frames`` frames of silence after it (``compress`` does) and drop the
+first ``delay_samples`` samples of the output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .bottleneck import Bottleneck
+from .decoder import Decoder
+from .framefir import FrameFIR, fir_frames
+from .wavelets import frames_from_signal, packet_filters, signal_from_frames
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Everything that defines a codec's architecture (stored with its weights)."""
+
+    channels: int = 2
+    sample_rate: int = 44100
+    J: int = 8
+    latent_dim: int = 108
+    latent_bits: int = 12
+    compand_knee: float = 512.0
+    decoder_width: int = 0
+    decoder_depth: int = 0
+    decoder_kernel: int = 3
+    lookahead_frames: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.channels <= 16:
+            raise ValueError(f"channels must be 1..16, got {self.channels}")
+        if not 1 <= self.J <= 12:
+            raise ValueError(f"J must be 1..12, got {self.J}")
+        if not 1 <= self.latent_dim <= self.channels * 2**self.J:
+            raise ValueError(f"latent_dim must be 1..{self.channels * 2**self.J}, got {self.latent_dim}")
+        if not 8000 <= self.sample_rate <= 384000:
+            raise ValueError(f"sample_rate out of range: {self.sample_rate}")
+
+    @property
+    def frame(self) -> int:
+        return 2**self.J
+
+    @property
+    def coefficients(self) -> int:
+        """``C * 2**J`` wavelet packet channels per frame."""
+        return self.channels * self.frame
+
+    @property
+    def dimension_reduction(self) -> float:
+        return self.coefficients / self.latent_dim
+
+    @property
+    def delay_frames(self) -> int:
+        """Frames by which decoded audio trails the input (the WPT's pure delay)."""
+        f = packet_filters(self.J)
+        return f.analysis_delay + f.synthesis_delay
+
+    @property
+    def delay_samples(self) -> int:
+        return self.delay_frames * self.frame
+
+    @property
+    def flush_frames(self) -> int:
+        """Latent frames to encode past the end of the input so all of it decodes."""
+        return self.delay_frames + self.lookahead_frames
+
+    @property
+    def latency_samples(self) -> int:
+        """Worst-case algorithmic latency: WPT delay, decoder look-ahead, frame buffering."""
+        return self.flush_frames * self.frame + self.frame - 1
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency_samples / self.sample_rate
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodecConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class WallocCodec(nn.Module):
+    """WaLLoC codec. Losses live in training code; this module only transforms.
+
+    Shapes: audio ``[B, C, T]`` (``T`` a multiple of ``2**J``); latents and
+    symbols ``[B, L, K]`` with ``K = T / 2**J``.
+    """
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.filters = packet_filters(c.J)
+        self.encoder = nn.Parameter(torch.zeros(c.latent_dim, c.coefficients))  # 1x1 conv
+        self.bottleneck = Bottleneck(c.latent_dim, c.latent_bits, c.compand_knee)
+        self.decoder = Decoder(c.latent_dim, c.coefficients, c.decoder_width, c.decoder_depth,
+                               c.decoder_kernel, c.lookahead_frames)
+        self.register_buffer("_ana", torch.from_numpy(self.filters.analysis).float(), persistent=False)
+        self.register_buffer("_syn", torch.from_numpy(self.filters.synthesis).float(), persistent=False)
+
+    # -- fused linear taps -----------------------------------------------------------------
+    def analysis_taps(self) -> torch.Tensor:
+        """WPT analysis fused with the 1x1 encoder: ``[M, C*N, L]``.
+
+        Channel ``c`` of the input frame feeds coefficients ``c*P .. c*P+P-1``:
+        ``taps[j][c*N:(c+1)*N] = A[j] @ E[:, c*P:(c+1)*P].T``.
+        """
+        c, p = self.config.channels, self.config.frame
+        e = self.encoder.reshape(-1, c, p)  # [L, C, P]
+        return torch.einsum("mnp,lcp->mcnl", self._ana, e).reshape(self._ana.shape[0], c * p, -1)
+
+    def synthesis_taps(self) -> torch.Tensor:
+        """Linear decoder fused with WPT synthesis: ``[M, L, C*N]``."""
+        c, p = self.config.channels, self.config.frame
+        d = self.decoder.linear.reshape(c, p, -1)  # [C, P, L]
+        return torch.einsum("mpn,cpl->mlcn", self._syn, d).reshape(self._syn.shape[0], -1, c * p)
+
+    # -- offline API (fresh state; differentiable) ----------------------------------------------
+    def analyze(self, x: torch.Tensor) -> torch.Tensor:
+        """Float latents before companding -- a linear function of ``x``. ``[B, C, T] -> [B, L, K]``."""
+        self._check_audio(x)
+        taps = self.analysis_taps()
+        frames = frames_from_signal(x.to(taps.dtype), self.config.frame)  # [K, B, C*N]
+        hist = frames.new_zeros(taps.shape[0] - 1, *frames.shape[1:])
+        return fir_frames(torch.cat([hist, frames]), taps).permute(1, 2, 0)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer symbols ``[B, L, K]``."""
+        return self.bottleneck.symbols(self.analyze(x))
+
+    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
+        """Dequantized latents ``[B, L, K]`` -> audio ``[B, C, K*N]`` (fresh state)."""
+        if self.decoder.net is None:
+            taps = self.synthesis_taps()
+            frames = z.permute(2, 0, 1)
+        else:
+            taps = self._syn
+            coef = self.decoder(z)  # [B, C*P, K]
+            b, _, k = coef.shape
+            frames = coef.reshape(b * self.config.channels, self.config.frame, k).permute(2, 0, 1)
+        hist = frames.new_zeros(taps.shape[0] - 1, *frames.shape[1:])
+        out = fir_frames(torch.cat([hist, frames.to(taps.dtype)]), taps)  # [K, B', C*N or N]
+        return signal_from_frames(out, out.shape[2] // self.config.frame).reshape(z.shape[0], self.config.channels, -1)
+
+    @torch.no_grad()
+    def decode(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Integer symbols ``[B, L, K]`` -> audio ``[B, C, K*N]`` delayed by ``delay_samples``."""
+        return self.synthesize(self.bottleneck.dequantize(symbols))
+
+    def forward(self, x: torch.Tensor, mode: str = "noise") -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: ``(reconstruction delayed by delay_samples, float latents)``."""
+        y = self.analyze(x)
+        return self.synthesize(self.bottleneck(y, mode)), y
+
+    # -- streaming state ---------------------------------------------------------------------
+    def analysis_stream(self) -> FrameFIR:
+        """A stateful fused analysis filter over frames ``[K, B, C*N] -> [K, B, L]``."""
+        with torch.no_grad():
+            return FrameFIR(self.analysis_taps().detach().contiguous())
+
+    def synthesis_stream(self) -> FrameFIR:
+        """Stateful fused linear synthesis ``[K, B, L] -> [K, B, C*N]`` (linear decoders only)."""
+        assert self.decoder.net is None, "nonlinear decoders stream through ChunkedDecoder"
+        with torch.no_grad():
+            return FrameFIR(self.synthesis_taps().detach().contiguous())
+
+    def _check_audio(self, x: torch.Tensor) -> None:
+        c = self.config
+        assert x.dim() == 3 and x.shape[1] == c.channels, f"expected [B, {c.channels}, T], got {tuple(x.shape)}"
+        if x.shape[2] % c.frame:
+            raise ValueError(
+                f"length {x.shape[2]} is not a multiple of the {c.frame}-sample frame; "
+                "buffering to whole frames belongs to the streaming layer"
+            )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def frames_for(num_samples: int, config: CodecConfig) -> int:
+    """Latent frames a complete stream of ``num_samples`` samples needs (flush included)."""
+    return math.ceil(num_samples / config.frame) + config.flush_frames

@@ -1,0 +1,136 @@
+"""Model registry: name -> config + safetensors weights, checked by sha256.
+
+A model is two files in a registry folder: ``NAME.json`` (config, sha256 of the
+weights, description, measured figures) and ``NAME.safetensors`` (tensors
+only: loading never executes code from a file). Folders searched, in order:
+``$WALLOC_AUDIO_MODELS`` (``os.pathsep``-separated) then the models shipped in
+the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .entropy import EntropyCoder
+from .errors import ModelError
+from .model import CodecConfig, WallocCodec
+
+PACKAGE_MODELS = Path(__file__).parent / "models"
+DEFAULT_MODEL = "stereo-5x-linear"
+MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class LoadedModel:
+    """A codec ready to use: network, entropy coder and identity."""
+
+    name: str
+    sha256: str
+    codec: WallocCodec
+    coder: EntropyCoder
+    info: dict
+
+    @property
+    def config(self) -> CodecConfig:
+        return self.codec.config
+
+
+def search_path() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("WALLOC_AUDIO_MODELS", "").split(os.pathsep) if p]
+    return extra + [PACKAGE_MODELS]
+
+
+def list_models() -> list[dict]:
+    """Metadata of every installed model (first folder wins on duplicate names)."""
+    seen: dict[str, dict] = {}
+    for folder in search_path():
+        for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                info = json.loads(meta.read_text())
+                info["path"] = str(meta.with_suffix(".safetensors"))
+                seen.setdefault(info["name"], info)
+            except (OSError, ValueError, KeyError):
+                continue
+    return list(seen.values())
+
+
+def _find(name: str) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ModelError(f"invalid model name {name!r}")
+    for folder in search_path():
+        if (folder / f"{name}.json").is_file():
+            return folder / f"{name}.json"
+    known = ", ".join(sorted(m["name"] for m in list_models())) or "none"
+    raise ModelError(f"model {name!r} is not installed (installed: {known})")
+
+
+def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None) -> LoadedModel:
+    """Load a registered model; verify its weights against the registry (and the caller's hash)."""
+    meta_path = _find(name)
+    try:
+        info = json.loads(meta_path.read_text())
+        config = CodecConfig.from_dict(info["config"])
+        sha = info["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"model {name!r}: unreadable metadata {meta_path.name} ({exc})") from None
+    if expected_sha256 is not None and expected_sha256 != sha:
+        raise ModelError(
+            f"stream was made by model {name!r} with weights sha256 {expected_sha256[:16]}..., "
+            f"but the installed {name!r} has {sha[:16]}... (install the matching model)"
+        )
+    weights_path = meta_path.with_suffix(".safetensors")
+    try:
+        if weights_path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise ModelError(f"model {name!r}: weights file too large")
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model {name!r}: cannot read weights ({exc.strerror})") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha:
+        raise ModelError(f"model {name!r}: weights sha256 {actual[:16]}... does not match the registry {sha[:16]}...")
+    tensors = load_safetensors(data)
+    probs = tensors.pop("entropy.probabilities", None)
+    if probs is None:
+        raise ModelError(f"model {name!r}: weights carry no entropy model")
+    codec = WallocCodec(config)
+    try:
+        codec.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"model {name!r}: weights do not match its config ({str(exc).splitlines()[0]})") from None
+    codec.eval()
+    codec.bottleneck.invalidate()
+    return LoadedModel(name, sha, codec, EntropyCoder(probs.numpy()), info)
+
+
+def save_model(folder: Path, name: str, codec: WallocCodec, probabilities: np.ndarray,
+               description: str = "", extra: dict | None = None) -> dict:
+    """Write ``NAME.safetensors`` + ``NAME.json`` into ``folder``; returns the metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in codec.state_dict().items()}
+    tensors["entropy.probabilities"] = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))
+    data = save_safetensors(tensors)
+    cfg = codec.config
+    info = {
+        "name": name,
+        "description": description,
+        "config": cfg.to_dict(),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "dimension_reduction": round(cfg.dimension_reduction, 3),
+        "latency_samples": cfg.latency_samples,
+        "latency_ms": round(cfg.latency_ms, 2),
+        "parameters": codec.num_parameters(),
+        "weights_bytes": len(data),
+        **(extra or {}),
+    }
+    (folder / f"{name}.safetensors").write_bytes(data)
+    (folder / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
