@@ -1,0 +1,197 @@
+"""File-level transcoding in bounded memory: audio file <-> ``.wlc``.
+
+Both directions stream: the input is read in blocks, pushed through
+:class:`~walloc_audio.codec_stream.PacketEncoder` / ``PacketDecoder`` (the same
+code path live streams use) and written as it goes, so memory does not grow
+with the length of the file. Outputs are written atomically: a temporary file
+in the output's folder, renamed only on success; Ctrl-C, a full disk or an
+error leave nothing behind and never touch an existing file unless asked.
+
+Channel mapping (explicit, recorded in the header as ``channel_mode``):
+    * same channel count as the model: ``native``;
+    * mono into a stereo model: duplicated to both channels (``mono``); decoding
+      averages them back to mono;
+    * more channels than the model: refused unless ``downmix=True``, which
+      averages them to the model's channels (``downmix``); decoding then yields
+      the model's channel count.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+import numpy as np
+
+from . import __version__
+from .audio import AudioReader, AudioWriter
+from .bitstream import BitstreamReader, BitstreamWriter, StreamHeader
+from .codec_stream import PacketDecoder, PacketEncoder
+from .errors import AudioError, BitstreamError
+from .fsutil import STDIO, atomic_output
+from .pretrained import LoadedModel, load_model
+
+Progress = Callable[[int], None]  # called with the number of source samples just processed
+
+
+@dataclass
+class EncodeStats:
+    samples: int
+    source_samples: int
+    sample_rate: int
+    bytes: int
+    packets: int
+    clipped: int
+    seconds: float
+
+    @property
+    def duration(self) -> float:
+        return self.samples / self.sample_rate
+
+    @property
+    def kbps(self) -> float:
+        return 8 * self.bytes / max(self.duration, 1e-9) / 1000
+
+
+def _map_channels(block: np.ndarray, model_channels: int, mode: str) -> np.ndarray:
+    if mode == "native":
+        return block
+    if mode == "mono":
+        return np.repeat(block, model_channels, axis=0)
+    # downmix: average groups of input channels onto the model's channels
+    groups = np.array_split(np.arange(block.shape[0]), model_channels)
+    return np.stack([block[g].mean(axis=0) for g in groups])
+
+
+def _channel_mode(source_channels: int, model_channels: int, downmix: bool, name: str) -> str:
+    if source_channels == model_channels:
+        return "native"
+    if source_channels == 1:
+        return "mono"
+    if source_channels > model_channels and downmix:
+        return "downmix"
+    raise AudioError(
+        f"{name}: {source_channels} channels, the model codes {model_channels} "
+        "(use --downmix to average them down)"
+    )
+
+
+def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames_per_packet: int = 64,
+                  downmix: bool = False, progress: Progress | None = None) -> EncodeStats:
+    """Encode everything ``reader`` yields into the ``.wlc`` stream ``out``."""
+    t0 = time.perf_counter()
+    cfg = model.config
+    mode = _channel_mode(reader.channels, cfg.channels, downmix, reader.name)
+    header = StreamHeader(
+        model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
+        J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
+        source_sample_rate=int(reader.source_rate or reader.sample_rate), source_channels=reader.channels,
+        channel_mode=mode, encoder_version=__version__,
+    )
+    writer = BitstreamWriter(out, header)
+    enc = PacketEncoder(model, frames_per_packet)
+    produced = 0
+    for block in reader:
+        produced += block.shape[1]
+        for frames, payload in enc.push(_map_channels(block, cfg.channels, mode)):
+            writer.write(frames, payload)
+        if progress:
+            progress(block.shape[1])
+    if produced == 0:
+        raise AudioError(f"{reader.name}: contains no audio samples")
+    for frames, payload in enc.flush():
+        writer.write(frames, payload)
+    src_rate = header.source_sample_rate
+    source_samples = round(produced * src_rate / cfg.sample_rate)
+    writer.close(produced, source_samples)
+    return EncodeStats(produced, source_samples, cfg.sample_rate, writer.bytes_written, writer.sequence,
+                       enc.clipped, time.perf_counter() - t0)
+
+
+def compress_file(src: str, dst: str, model: LoadedModel | None = None, *, overwrite: bool = False,
+                  frames_per_packet: int = 64, downmix: bool = False,
+                  progress: Progress | None = None) -> EncodeStats:
+    """Encode audio file ``src`` (or ``-``) to ``dst`` (or ``-``) atomically."""
+    model = model or load_model()
+    with AudioReader(src, sample_rate=model.config.sample_rate) as reader:
+        with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
+            if tmp == STDIO:
+                buf = sys.stdout.buffer
+                return encode_stream(reader, buf, model, frames_per_packet, downmix, progress)
+            with open(tmp, "wb") as f:
+                return encode_stream(reader, f, model, frames_per_packet, downmix, progress)
+
+
+@dataclass
+class DecodeStats:
+    samples: int
+    sample_rate: int
+    channels: int
+    seconds: float
+
+
+def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tuple = (),
+                  model: LoadedModel | None = None, subtype: str | None = None,
+                  progress: Progress | None = None) -> DecodeStats:
+    """Decode the ``.wlc`` stream ``f`` into the audio file ``dst`` (format from its suffix)."""
+    t0 = time.perf_counter()
+    reader = BitstreamReader(f)
+    h = reader.header
+    if model is None or model.name != h.model or model.sha256 != h.model_sha256:
+        model = load_model(h.model, expected_sha256=h.model_sha256)
+    cfg = model.config
+    if (cfg.sample_rate, cfg.channels, cfg.J, cfg.latent_dim) != (h.sample_rate, h.channels, h.J, h.latent_dim):
+        raise BitstreamError(f"header does not match model {h.model!r} (rate/channels/J/latent_dim)")
+    out_channels = h.source_channels if h.channel_mode != "downmix" else cfg.channels
+    if h.channel_mode == "mono":
+        out_channels = 1
+    dec = PacketDecoder(model)
+    skip = cfg.delay_samples
+    # The stream holds up to a packet plus the flush of extra samples after the
+    # end; how many is known only at the end packet, so the newest `hold`
+    # samples wait in memory until then (bounded, whatever the file length).
+    hold = (h.frames_per_packet + cfg.flush_frames + 1) * cfg.frame
+    pending = np.zeros((out_channels, 0), dtype=np.float32)
+    written = 0
+    with atomic_output(dst, overwrite=overwrite, inputs=list(inputs)) as tmp:
+        with AudioWriter(tmp, cfg.sample_rate, out_channels, out_rate=h.source_sample_rate, subtype=subtype,
+                         name=dst) as w:
+            for packet in reader:
+                pcm = dec.decode(packet.frames, packet.payload)
+                if skip:
+                    cut = min(skip, pcm.shape[1])
+                    pcm, skip = pcm[:, cut:], skip - cut
+                if h.channel_mode == "mono":
+                    pcm = pcm.mean(axis=0, keepdims=True)
+                pending = np.concatenate([pending, pcm], axis=1)
+                if pending.shape[1] > hold:
+                    w.write(pending[:, : pending.shape[1] - hold])
+                    written += pending.shape[1] - hold
+                    pending = pending[:, pending.shape[1] - hold :]
+                if progress:
+                    progress(packet.frames * cfg.frame)
+            rest = reader.num_samples - written
+            if rest < 0 or rest > pending.shape[1]:
+                raise BitstreamError("end packet's sample count does not match the packets")
+            if rest:
+                w.write(pending[:, :rest])
+            written += rest
+    return DecodeStats(written, cfg.sample_rate, out_channels, time.perf_counter() - t0)
+
+
+def decompress_file(src: str, dst: str, *, overwrite: bool = False, model: LoadedModel | None = None,
+                    subtype: str | None = None, progress: Progress | None = None) -> DecodeStats:
+    """Decode ``src`` (``.wlc`` path or ``-``) into ``dst`` (audio path or ``-``) atomically."""
+    if src == STDIO:
+        return decode_stream(sys.stdin.buffer, dst, overwrite=overwrite, model=model, subtype=subtype,
+                             progress=progress)
+    try:
+        f = open(src, "rb")
+    except OSError as exc:
+        raise BitstreamError(f"cannot open {src}: {exc.strerror}") from None
+    with f:
+        return decode_stream(io.BufferedReader(f, 1 << 20), dst, overwrite=overwrite, inputs=(src,),
+                             model=model, subtype=subtype, progress=progress)
