@@ -140,8 +140,8 @@ def packet_filters(levels: int) -> PacketFilters:
         levels=levels,
         analysis=a_taps,
         synthesis=s_taps,
-        analysis_delay=-a_lag,
-        synthesis_delay=-s_lag,
+        analysis_delay=int(-a_lag),
+        synthesis_delay=int(-s_lag),
     )
 
 

@@ -1,0 +1,229 @@
+"""``walloc-audio`` command line: parsing and display only; the work lives in the library.
+
+Every user error (a :class:`~walloc_audio.errors.WallocError`) becomes one line
+on stderr and a non-zero exit code; Ctrl-C exits with 130 and leaves no partial
+output. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import WallocError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="WaLLoC audio codec: encode, decode and inspect .wlc files.")
+err = Console(stderr=True)
+out = Console()
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm",
+                  ".mka", ".mp4"}
+
+
+def _expand(paths: List[str], suffixes: set[str]) -> List[str]:
+    """Files as given; folders scanned recursively for files with ``suffixes``."""
+    found: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found += sorted(str(q) for q in Path(p).rglob("*") if q.is_file() and q.suffix.lower() in suffixes)
+        else:
+            found.append(p)
+    return found
+
+
+def _plan(paths: List[str], out_dir: Optional[Path], suffixes: set[str], new_suffix: str) -> List[tuple[str, str]]:
+    """Pairs (input, output) from ``SRC [DST]`` or ``SRC... --out-dir DIR``."""
+    if out_dir is None:
+        if len(paths) == 2 and not os.path.isdir(paths[0]):
+            return [(paths[0], paths[1])]
+        if len(paths) == 1 and not os.path.isdir(paths[0]):
+            src = paths[0]
+            if src == "-":
+                raise WallocError("reading stdin needs an explicit output (or - for stdout)")
+            return [(src, str(Path(src).with_suffix(new_suffix)))]
+        raise WallocError("several inputs or a folder need --out-dir")
+    inputs = _expand(paths, suffixes)
+    if not inputs:
+        raise WallocError("no input files found")
+    if not out_dir.is_dir():
+        raise WallocError(f"output folder {out_dir} does not exist")
+    names = [out_dir / (Path(p).stem + new_suffix) for p in inputs]
+    if len(set(names)) != len(names):
+        raise WallocError("two inputs would write the same output name; use separate runs")
+    return [(p, str(n)) for p, n in zip(inputs, names)]
+
+
+def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, downmix: bool, threads: int):
+    import torch
+
+    from .compress import compress_file
+    from .pretrained import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix)
+
+
+def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int):
+    import torch
+
+    from .compress import decompress_file
+
+    if threads:
+        torch.set_num_threads(threads)
+    return decompress_file(src, dst, overwrite=force, subtype=subtype)
+
+
+def _run_many(jobs_list, worker, args, jobs: int, verb: str, quiet: bool) -> list:
+    """Run ``worker(src, dst, *args)`` over pairs, in ``jobs`` processes, with a progress bar."""
+    results, failures = [], []
+    if len(jobs_list) == 1 or jobs <= 1:
+        todo = ((s, d, lambda s=s, d=d: worker(s, d, *args, 0)) for s, d in jobs_list)
+        for src, dst, call in todo:
+            try:
+                results.append((src, dst, call()))
+            except WallocError as exc:
+                if len(jobs_list) == 1:
+                    raise
+                failures.append((src, str(exc)))
+                err.print(f"[red]{src}: {exc}[/red]", highlight=False)
+    else:
+        with Progress(TextColumn(f"{verb}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet) as bar, \
+                ProcessPoolExecutor(jobs) as pool:
+            task = bar.add_task(verb, total=len(jobs_list))
+            futures = {pool.submit(worker, s, d, *args, 1): (s, d) for s, d in jobs_list}
+            for fut in as_completed(futures):
+                src, dst = futures[fut]
+                try:
+                    results.append((src, dst, fut.result()))
+                except WallocError as exc:
+                    failures.append((src, str(exc)))
+                    bar.console.print(f"[red]{src}: {exc}[/red]", highlight=False)
+                bar.advance(task)
+    if failures:
+        raise WallocError(f"{len(failures)} of {len(jobs_list)} files failed")
+    return results
+
+
+@app.command()
+def encode(
+    paths: List[str] = typer.Argument(..., help="SRC [DST.wlc], or several SRC files/folders with --out-dir"),
+    model: str = typer.Option(None, "--model", "-m", help="model name (see `walloc-audio models`)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="write NAME.wlc files here"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="files encoded in parallel"),
+    frames_per_packet: int = typer.Option(64, help="latent frames per packet (seek/loss granularity)"),
+    downmix: bool = typer.Option(False, help="average inputs with more channels than the model"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Encode audio (WAV, FLAC, OGG, Opus, MP3, anything ffmpeg reads; - for stdin) to .wlc."""
+    from .pretrained import DEFAULT_MODEL
+
+    if not 1 <= frames_per_packet <= 4096:
+        raise WallocError("--frames-per-packet must be 1..4096")
+    pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
+    args = (model or DEFAULT_MODEL, force, frames_per_packet, downmix)
+    for src, dst, st in _run_many(pairs, _encode_one, args, jobs, "encoding", quiet):
+        if not quiet and dst != "-":
+            clip = f", [yellow]{st.clipped} samples clipped[/yellow]" if st.clipped else ""
+            err.print(f"{src} -> {dst}: {st.duration:.2f} s, {st.bytes} bytes, {st.kbps:.1f} kbps, "
+                      f"{st.duration / max(st.seconds, 1e-9):.0f}x real time{clip}", highlight=False)
+
+
+@app.command()
+def decode(
+    paths: List[str] = typer.Argument(..., help="SRC.wlc [DST.{wav,flac,ogg,...}], or several with --out-dir"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o"),
+    fmt: str = typer.Option("wav", "--format", help="output suffix with --out-dir or a default DST"),
+    subtype: Optional[str] = typer.Option(None, help="soundfile subtype, e.g. PCM_24 or FLOAT"),
+    force: bool = typer.Option(False, "--force", "-f"),
+    jobs: int = typer.Option(1, "--jobs", "-j"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Decode .wlc (or - for stdin) with the model named in its header."""
+    pairs = _plan(paths, out_dir, {".wlc"}, "." + fmt.lstrip("."))
+    for src, dst, st in _run_many(pairs, _decode_one, (force, subtype), jobs, "decoding", quiet):
+        if not quiet and dst != "-":
+            err.print(f"{src} -> {dst}: {st.samples / st.sample_rate:.2f} s, {st.channels} ch, "
+                      f"{st.samples / st.sample_rate / max(st.seconds, 1e-9):.0f}x real time", highlight=False)
+
+
+@app.command()
+def info(path: str = typer.Argument(..., help="a .wlc file")):
+    """Show a .wlc file's header, duration, bitrate and model."""
+    from .bitstream import BitstreamReader
+    from .errors import BitstreamError
+
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise BitstreamError(f"cannot open {path}: {exc.strerror}") from None
+    with f:
+        r = BitstreamReader(f)
+        packets = sum(1 for _ in r)
+    h = r.header
+    size = os.path.getsize(path)
+    dur = r.num_samples / h.sample_rate
+    t = Table(show_header=False, box=None)
+    for k, v in [("file", path), ("model", f"{h.model} (sha256 {h.model_sha256[:16]}...)"),
+                 ("duration", f"{dur:.3f} s ({r.num_samples} samples at {h.sample_rate} Hz)"),
+                 ("source", f"{h.source_sample_rate} Hz, {h.source_channels} ch, mode {h.channel_mode}"),
+                 ("codec", f"J={h.J}, {h.latent_dim} latents, {h.channels} ch"),
+                 ("packets", f"{packets} x up to {h.frames_per_packet} frames ({r.total_frames} frames)"),
+                 ("size", f"{size} bytes, {8 * size / max(dur, 1e-9) / 1000:.2f} kbps"),
+                 ("bits/latent", f"{8 * size / max(r.total_frames * h.latent_dim, 1):.3f}"),
+                 ("encoder", h.encoder_version)]:
+        t.add_row(f"[bold]{k}[/bold]", v)
+    out.print(t)
+
+
+@app.command()
+def models():
+    """List installed models: dimension reduction, latency, size, measured rate and quality."""
+    from .pretrained import DEFAULT_MODEL, list_models
+
+    t = Table(title="installed models")
+    t.add_column("name", no_wrap=True)
+    for col in ("J", "latents", "DR", "latency", "params", "weights", "kbps", "PSNR (paper)", "kind"):
+        t.add_column(col)
+    for m in list_models():
+        c, v = m["config"], m.get("validation", {})
+        name = m["name"] + (" (default)" if m["name"] == DEFAULT_MODEL else "")
+        t.add_row(name, str(c["J"]), str(c["latent_dim"]), f"{m['dimension_reduction']:.2f}",
+                  f"{m['latency_ms']:.1f} ms", f"{m['parameters']:,}", f"{m['weights_bytes'] / 1e6:.2f} MB",
+                  f"{v.get('kbps', float('nan')):.1f}", f"{v.get('psnr_paper_db', float('nan')):.1f} dB",
+                  m.get("kind", "?"))
+    out.print(t)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+        if code == 130:  # typer turns KeyboardInterrupt into a return code here
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except WallocError as exc:
+        err.print(f"walloc-audio: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("walloc-audio: interrupted (no partial output was left)", markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
