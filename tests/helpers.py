@@ -27,7 +27,7 @@ def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, de
     torch.manual_seed(seed)
     p = 2**J
     latent_dim = latent_dim or p  # half the coefficients of a stereo signal by default
-    cfg = CodecConfig(J=J, latent_dim=latent_dim, latent_bits=10, compand_knee=128.0, decoder_width=width if depth else 0,
+    cfg = CodecConfig(J=J, latent_dim=latent_dim, latent_bits=12, compand_knee=64.0, decoder_width=width if depth else 0,
                       decoder_depth=depth, lookahead_frames=lookahead)
     codec = WallocCodec(cfg)
     order = np.argsort(np.tile(np.arange(p), 2), kind="stable")[:latent_dim]  # low bands of both channels first

@@ -47,7 +47,7 @@ def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats:
     block = 65536
     best_enc = best_dec = float("inf")
     for _ in range(repeats):
-        enc = PacketEncoder(model, fpp)
+        enc = PacketEncoder(model, fpp, group_packets=4)
         t0 = time.perf_counter()
         packets = []
         for i in range(0, x.shape[1], block):
@@ -56,8 +56,8 @@ def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats:
         best_enc = min(best_enc, time.perf_counter() - t0)
         dec = PacketDecoder(model)
         t0 = time.perf_counter()
-        for frames, payload in packets:
-            dec.decode(frames, payload)
+        for i in range(0, len(packets), 16):
+            dec.decode_many(packets[i : i + 16])
         best_dec = min(best_dec, time.perf_counter() - t0)
     n = x.size
     return {"threads": threads, "samples": n, "enc_s": best_enc, "dec_s": best_dec,

@@ -1,24 +1,28 @@
 """Compander and scalar quantizer between the linear encoder and the entropy coder.
 
-Each latent channel ``k`` is divided by its step ``delta_k`` and companded::
+Each latent channel ``k`` is divided by its step ``delta_k`` and companded by a
+square-root law with knee ``b`` (in steps)::
 
     u = y / delta_k
-    v = sign(u) * b * log(1 + |u| / b)        (b = knee; b = 0 means no companding)
+    v = sign(u) * b * (sqrt(1 + 2|u|/b) - 1)        inverse:  u = v + sign(v) v^2 / (2b)
 
-Near zero ``v ~= u``, so small latents are quantized uniformly with step
-``delta_k``; far from zero the step grows in proportion to the magnitude, so a
-loud passage never saturates the alphabet (the fixed 8-bit Gaussian compander
-of the original saturates above ~60 kbps). Symbols are ``round(v)`` clamped to
+Near zero ``v ~= u`` (slope 1), so ordinary latents are quantized uniformly with
+step ``delta_k`` -- what rate-distortion theory asks of an orthonormal transform
+coder; far out the step grows like ``sqrt(|u|/b)``, so a loud passage widens the
+step instead of saturating the alphabet (the fixed 8-bit Gaussian compander of
+the original saturates above ~60 kbps). Symbols are ``round(v)`` clamped to
 ``[-A, A]`` with ``A = 2**(bits-1) - 1``.
+
+Determinism: the compander uses only ``* / + - sqrt``, which IEEE 754 rounds
+exactly, so a symbol is a fixed function of its float32 latent on every
+machine and for every vector width (a transcendental compander such as
+``log1p`` or ``erf`` would not be: SIMD and scalar versions differ in the last
+bit, which can flip a rounding).
 
 Quantization modes (CompressAI's convention):
     ``noise``    v + U(-1/2, 1/2)   -- training proxy for rounding
     ``round``    round(v), straight-through gradient
-    ``symbols``  integer symbols (int32), exact and deterministic
-
-``symbols`` never rounds a transcendental function: the decision thresholds are
-precomputed in the latent domain and found by binary search, so the symbol of a
-latent depends only on comparisons and is identical on every machine.
+    ``symbols``  integer symbols (int32)
 """
 
 from __future__ import annotations
@@ -31,20 +35,19 @@ class Bottleneck(nn.Module):
     """Per-channel step, compander and quantizer.
 
     Args:
-        channels: number of latent channels.
+        channels: number of latent channels ``L``.
         bits: alphabet of ``2**bits - 1`` symbols ``[-A, A]``.
         knee: compander knee ``b`` in steps (0 disables companding).
 
-    Shape: latents ``[B, L, K]`` in and out; symbols ``[B, L, K]`` int32.
+    Shape: latents ``[B, L, K]`` (or ``[L, K]``) in and out; symbols int32.
     """
 
-    def __init__(self, channels: int, bits: int = 10, knee: float = 64.0):
+    def __init__(self, channels: int, bits: int = 12, knee: float = 512.0):
         super().__init__()
         assert 2 <= bits <= 16, f"latent_bits must be in 2..16, got {bits}"
         self.channels, self.bits, self.knee = channels, bits, float(knee)
         self.max_symbol = 2 ** (bits - 1) - 1
         self.log_step = nn.Parameter(torch.zeros(channels))
-        self._thresholds: torch.Tensor | None = None
 
     @property
     def alphabet_size(self) -> int:
@@ -56,19 +59,25 @@ class Bottleneck(nn.Module):
     def compand(self, u: torch.Tensor) -> torch.Tensor:
         if self.knee <= 0:
             return u
-        return torch.sign(u) * self.knee * torch.log1p(u.abs() / self.knee)
+        b = self.knee
+        return torch.sign(u) * (b * (torch.sqrt(1.0 + u.abs() * (2.0 / b)) - 1.0))
 
     def expand(self, v: torch.Tensor) -> torch.Tensor:
         if self.knee <= 0:
             return v
-        return torch.sign(v) * self.knee * torch.expm1(v.abs() / self.knee)
+        return v + torch.sign(v) * (v * v) * (0.5 / self.knee)
+
+    def _scaled(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.step()
+        step = step[:, None] if y.dim() >= 2 else step
+        return y / step, step
 
     def forward(self, y: torch.Tensor, mode: str = "noise") -> torch.Tensor:
         """Quantize float latents ``y``; returns dequantized latents (or symbols)."""
         if mode == "symbols":
             return self.symbols(y)
-        step = self.step()[:, None]
-        v = self.compand(y / step)
+        u, step = self._scaled(y)
+        v = self.compand(u)
         if mode == "noise":
             v = v + torch.empty_like(v).uniform_(-0.5, 0.5)
         elif mode == "round":
@@ -78,29 +87,17 @@ class Bottleneck(nn.Module):
         v = v.clamp(-self.max_symbol - 0.5, self.max_symbol + 0.5)
         return self.expand(v) * step
 
+    @torch.no_grad()
+    def symbols(self, y: torch.Tensor) -> torch.Tensor:
+        """Integer symbols in ``[-A, A]`` for latents ``[L, K]`` or ``[B, L, K]``."""
+        assert y.shape[-2] == self.channels, f"expected [..., {self.channels}, K], got {tuple(y.shape)}"
+        u, _ = self._scaled(y.detach().to(torch.float32))
+        return torch.round(self.compand(u)).clamp_(-self.max_symbol, self.max_symbol).to(torch.int32)
+
+    @torch.no_grad()
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         """Symbols ``[..., L, K]`` -> latents (float32)."""
         return self.expand(q.to(torch.float32)) * self.step().detach()[:, None]
 
-    # -- exact symbol decisions ------------------------------------------------------------
-    def thresholds(self) -> torch.Tensor:
-        """``[L, 2A]`` decision boundaries in the latent domain (cached until weights change)."""
-        if self._thresholds is None:
-            half = torch.arange(-self.max_symbol, self.max_symbol, dtype=torch.float64) + 0.5
-            b = torch.as_tensor(self.knee, dtype=torch.float64)
-            u = torch.sign(half) * b * torch.expm1(half.abs() / b) if self.knee > 0 else half
-            step = self.log_step.detach().to(torch.float64).exp()[:, None]
-            self._thresholds = (u[None, :] * step).to(torch.float32).contiguous()
-        return self._thresholds
-
     def invalidate(self) -> None:
-        """Call after changing ``log_step`` outside of training."""
-        self._thresholds = None
-
-    def symbols(self, y: torch.Tensor) -> torch.Tensor:
-        """Integer symbols in ``[-A, A]`` for latents ``[L, K]`` or ``[B, L, K]``."""
-        thr = self.thresholds()
-        if y.dim() == 3:
-            thr = thr.expand(y.shape[0], -1, -1)
-        idx = torch.searchsorted(thr, y.detach().to(torch.float32).contiguous(), right=True)
-        return (idx - self.max_symbol).to(torch.int32)
+        """Kept for callers that changed ``log_step`` in place (nothing is cached now)."""

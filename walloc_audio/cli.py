@@ -61,32 +61,32 @@ def _plan(paths: List[str], out_dir: Optional[Path], suffixes: set[str], new_suf
     return [(p, str(n)) for p, n in zip(inputs, names)]
 
 
-def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, downmix: bool, threads: int):
+def _set_threads(threads: int) -> None:
     import torch
 
+    torch.set_num_threads(max(1, threads))
+
+
+def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, downmix: bool, threads: int):
     from .compress import compress_file
     from .pretrained import load_model
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix)
 
 
 def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int):
-    import torch
-
     from .compress import decompress_file
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     return decompress_file(src, dst, overwrite=force, subtype=subtype)
 
 
-def _run_many(jobs_list, worker, args, jobs: int, verb: str, quiet: bool) -> list:
-    """Run ``worker(src, dst, *args)`` over pairs, in ``jobs`` processes, with a progress bar."""
+def _run_many(jobs_list, worker, args, jobs: int, threads: int, verb: str, quiet: bool) -> list:
+    """Run ``worker(src, dst, *args, threads)`` over pairs, in ``jobs`` processes, with a progress bar."""
     results, failures = [], []
     if len(jobs_list) == 1 or jobs <= 1:
-        todo = ((s, d, lambda s=s, d=d: worker(s, d, *args, 0)) for s, d in jobs_list)
+        todo = ((s, d, lambda s=s, d=d: worker(s, d, *args, threads)) for s, d in jobs_list)
         for src, dst, call in todo:
             try:
                 results.append((src, dst, call()))
@@ -120,7 +120,8 @@ def encode(
     model: str = typer.Option(None, "--model", "-m", help="model name (see `walloc-audio models`)"),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="write NAME.wlc files here"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="files encoded in parallel"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="files encoded in parallel (one process each)"),
+    threads: int = typer.Option(os.cpu_count() or 1, "--threads", "-t", help="threads for one file"),
     frames_per_packet: int = typer.Option(64, help="latent frames per packet (seek/loss granularity)"),
     downmix: bool = typer.Option(False, help="average inputs with more channels than the model"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -132,7 +133,7 @@ def encode(
         raise WallocError("--frames-per-packet must be 1..4096")
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
     args = (model or DEFAULT_MODEL, force, frames_per_packet, downmix)
-    for src, dst, st in _run_many(pairs, _encode_one, args, jobs, "encoding", quiet):
+    for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):
         if not quiet and dst != "-":
             clip = f", [yellow]{st.clipped} samples clipped[/yellow]" if st.clipped else ""
             err.print(f"{src} -> {dst}: {st.duration:.2f} s, {st.bytes} bytes, {st.kbps:.1f} kbps, "
@@ -146,12 +147,13 @@ def decode(
     fmt: str = typer.Option("wav", "--format", help="output suffix with --out-dir or a default DST"),
     subtype: Optional[str] = typer.Option(None, help="soundfile subtype, e.g. PCM_24 or FLOAT"),
     force: bool = typer.Option(False, "--force", "-f"),
-    jobs: int = typer.Option(1, "--jobs", "-j"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="files decoded in parallel (one process each)"),
+    threads: int = typer.Option(os.cpu_count() or 1, "--threads", "-t", help="threads for one file"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Decode .wlc (or - for stdin) with the model named in its header."""
     pairs = _plan(paths, out_dir, {".wlc"}, "." + fmt.lstrip("."))
-    for src, dst, st in _run_many(pairs, _decode_one, (force, subtype), jobs, "decoding", quiet):
+    for src, dst, st in _run_many(pairs, _decode_one, (force, subtype), jobs, threads, "decoding", quiet):
         if not quiet and dst != "-":
             err.print(f"{src} -> {dst}: {st.samples / st.sample_rate:.2f} s, {st.channels} ch, "
                       f"{st.samples / st.sample_rate / max(st.seconds, 1e-9):.0f}x real time", highlight=False)

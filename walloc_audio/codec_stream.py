@@ -1,17 +1,31 @@
 """Packet-level encoder and decoder: the one code path for files and live streams.
 
 :class:`PacketEncoder` takes PCM blocks of any size (1 sample or a whole file)
-and emits packets of ``F`` latent frames. It buffers whole packets and runs
-every filter call on exactly ``F`` frames, so the packets are bit-identical
-whatever the block partition of the input. :class:`PacketDecoder` turns packets
-back into PCM, keeping filter state across packets.
+and emits packets of ``F`` latent frames; :class:`PacketDecoder` turns packets
+back into PCM.
+
+Bit-identical packets whatever the block partition. The analysis is an FIR
+filter over frames (:mod:`walloc_audio.framefir`): the latents of a run of
+frames depend only on those frames of input and the ``M - 1`` frames before
+them. The encoder computes latents in *groups* of ``G`` packets at fixed
+positions of the stream (packets ``0..G-1``, ``G..2G-1``, ...), always with one
+call on exactly ``M - 1 + G*F`` frames, however the input arrived; the last
+group is zero-padded. Matrix libraries may round a row differently when the
+number of rows changes, so fixing the shape is what makes the bytes
+reproducible; quantization is an exactly rounded function of each latent
+(:mod:`walloc_audio.bottleneck`). Files use ``G = 4`` for throughput; a live
+stream uses ``G = 1`` so a packet leaves as soon as its frames are in. Bytes
+are identical for the same ``(F, G)``.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
+from .framefir import FrameFIR, fir_frames
 from .pretrained import LoadedModel
 from .wavelets import frames_from_signal, signal_from_frames
 
@@ -19,35 +33,51 @@ from .wavelets import frames_from_signal, signal_from_frames
 class PacketEncoder:
     """PCM ``[C, n]`` float32 blocks -> ``(frames, payload)`` packets.
 
+    Args:
+        model: a loaded codec.
+        frames_per_packet: ``F``; a packet covers ``F * 2**J`` samples.
+        group_packets: ``G``, packets computed per filter call (see module doc).
+
     Samples outside ``[-1, 1]`` are clipped (full-scale convention) and counted
     in :attr:`clipped`.
     """
 
-    def __init__(self, model: LoadedModel, frames_per_packet: int = 64):
+    def __init__(self, model: LoadedModel, frames_per_packet: int = 64, group_packets: int = 1):
+        assert frames_per_packet >= 1 and group_packets >= 1
         self.model = model
-        self.config = model.config
+        self.config = c = model.config
         self.frames_per_packet = frames_per_packet
-        self.packet_samples = frames_per_packet * self.config.frame
-        self._fir = model.codec.analysis_stream()
-        self._bottleneck = model.codec.bottleneck
+        self.group_packets = group_packets
+        self.packet_samples = frames_per_packet * c.frame
+        self.group_samples = group_packets * self.packet_samples
+        with torch.no_grad():
+            self._taps = model.codec.analysis_taps().detach().contiguous()
+        self.history_samples = (self._taps.shape[0] - 1) * c.frame
         self.reset()
 
     def reset(self) -> None:
-        self._fir.reset()
-        self._buffer = np.zeros((self.config.channels, self.packet_samples), dtype=np.float32)
+        c = self.config
+        self._history = np.zeros((c.channels, self.history_samples), dtype=np.float32)
+        self._buffer = np.zeros((c.channels, self.group_samples), dtype=np.float32)
         self._fill = 0
         self.samples_in = 0
         self.frames_out = 0
         self.clipped = 0
 
-    def _encode_packet(self, frames: int) -> tuple[int, bytes]:
-        x = torch.from_numpy(self._buffer)[None]  # [1, C, F*N], always the same shape
+    def _run(self, span: np.ndarray, frames: list[int]) -> list[tuple[int, bytes]]:
+        """Encode one group ``[C, G*P]``; emit packets declaring ``frames[i]`` frames each."""
+        stream = np.concatenate([self._history, span], axis=1)  # [C, H + G*P]
+        self._history = stream[:, stream.shape[1] - self.history_samples :].copy()
         with torch.no_grad():
-            y = self._fir.process(frames_from_signal(x, self.config.frame))  # [F, 1, L]
-            q = self._bottleneck.symbols(y[:, 0, :].T.contiguous())  # [L, F]
-        self.frames_out += frames
-        self._fill = 0
-        return frames, self.model.coder.encode(q[:, :frames].numpy())
+            buf = frames_from_signal(torch.from_numpy(stream)[None], self.config.frame)  # [M-1+G*F, 1, C*N]
+            y = fir_frames(buf, self._taps)[:, 0, :].T  # [L, G*F]
+            q = self.model.codec.bottleneck.symbols(y).numpy()
+        f = self.frames_per_packet
+        out = []
+        for i, n in enumerate(frames):
+            out.append((n, self.model.coder.encode(q[:, i * f : i * f + n])))
+        self.frames_out += sum(frames)
+        return out
 
     def push(self, block: np.ndarray) -> list[tuple[int, bytes]]:
         """Add ``[C, n]`` samples (any ``n >= 0``); return the packets now complete."""
@@ -59,69 +89,95 @@ class PacketEncoder:
         if over.any():
             self.clipped += int(over.sum())
             block = np.clip(block, -1.0, 1.0)
-        self.samples_in += block.shape[1]
-        out = []
+        n, g = block.shape[1], self.group_samples
+        full = [self.frames_per_packet] * self.group_packets
+        self.samples_in += n
+        out: list[tuple[int, bytes]] = []
         pos = 0
-        while pos < block.shape[1]:
-            take = min(block.shape[1] - pos, self.packet_samples - self._fill)
-            self._buffer[:, self._fill : self._fill + take] = block[:, pos : pos + take]
-            self._fill += take
-            pos += take
-            if self._fill == self.packet_samples:
-                out.append(self._encode_packet(self.frames_per_packet))
+        if self._fill:  # complete the partial group first
+            pos = min(n, g - self._fill)
+            self._buffer[:, self._fill : self._fill + pos] = block[:, :pos]
+            self._fill += pos
+            if self._fill < g:
+                return out
+            out += self._run(self._buffer, full)
+            self._fill = 0
+        while n - pos >= g:  # whole groups straight from the block
+            out += self._run(block[:, pos : pos + g], full)
+            pos += g
+        self._buffer[:, : n - pos] = block[:, pos:]
+        self._fill = n - pos
         return out
 
     def flush(self) -> list[tuple[int, bytes]]:
         """Encode the rest plus ``flush_frames`` of silence, so every input sample decodes.
 
-        The last packets are computed at full size (zero-padded) like every
-        other packet and declare only the frames the stream needs.
+        The last group is zero-padded and computed like every other; its
+        packets declare only the frames the stream still needs.
         """
         total = -(-self.samples_in // self.config.frame) + self.config.flush_frames
         out = []
         while self.frames_out < total:
             self._buffer[:, self._fill :] = 0.0
-            out.append(self._encode_packet(min(self.frames_per_packet, total - self.frames_out)))
+            self._fill = 0
+            need, frames = total - self.frames_out, []
+            for _ in range(self.group_packets):
+                if need > 0:
+                    frames.append(min(self.frames_per_packet, need))
+                    need -= frames[-1]
+            out += self._run(self._buffer, frames)
         return out
 
 
 class PacketDecoder:
-    """Packets -> PCM ``[C, frames * N]`` float32, delayed by ``config.delay_samples``."""
+    """Packets -> PCM ``[C, frames * N]`` float32, delayed by ``config.delay_samples``.
+
+    :meth:`decode_many` decodes several packets with one synthesis call
+    (faster for files); the output does not depend on the grouping beyond
+    float rounding (<= 1e-6).
+    """
 
     def __init__(self, model: LoadedModel):
         self.model = model
         self.config = model.config
         codec = model.codec
         self._linear = codec.decoder.net is None
-        if self._linear:
-            self._fir = codec.synthesis_stream()
-        else:
-            from .framefir import FrameFIR
-
-            self._fir = FrameFIR(codec._syn)
-            self._context = codec.decoder.receptive_field - 1
+        with torch.no_grad():
+            if self._linear:
+                self._fir = FrameFIR(codec.synthesis_taps().detach().contiguous())
+            else:
+                self._fir = FrameFIR(codec._syn)
+                self._context = codec.decoder.receptive_field - 1
         self.reset()
 
     def reset(self) -> None:
         self._fir.reset()
         self._latents = torch.zeros(self.config.latent_dim, 0)
-        self._received = 0
-        self._emitted = 0
+        self._received = self._emitted = 0
 
     def decode(self, frames: int, payload: bytes) -> np.ndarray:
-        q = torch.from_numpy(self.model.coder.decode(payload, frames))
-        with torch.no_grad():
-            z = self.model.codec.bottleneck.dequantize(q)  # [L, F]
-            return self._synthesize(z)
+        return self.decode_many([(frames, payload)])[0]
 
-    def _synthesize(self, z: torch.Tensor) -> np.ndarray:
+    def decode_many(self, packets: Sequence[tuple[int, bytes]]) -> list[np.ndarray]:
+        """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
+        bn = self.model.codec.bottleneck
         c = self.config
-        if self._linear:
-            out = self._fir.process(z.T.contiguous()[:, None, :])  # [F, 1, C*N]
-            return signal_from_frames(out, c.channels)[0].numpy()
-        # Nonlinear decoder: run the net on (context + new frames) and emit the
-        # frames whose look-ahead has arrived. Absolute frame counters: the
-        # buffer starts at frame `base`; frames before `emitted` are out already.
+        with torch.no_grad():
+            z = torch.cat([bn.dequantize(torch.from_numpy(self.model.coder.decode(p, f))) for f, p in packets], dim=1)
+            if self._linear:
+                pcm = signal_from_frames(self._fir.process(z.T.contiguous()[:, None, :]), c.channels)[0].numpy()
+            else:
+                pcm = self._synthesize_nonlinear(z)
+        # Split per packet (a nonlinear decoder with look-ahead lags by `la` frames).
+        sizes = np.cumsum([f * c.frame for f, _ in packets])[:-1]
+        lag = pcm.shape[1] - sum(f for f, _ in packets) * c.frame
+        return np.split(pcm, np.clip(sizes + lag, 0, pcm.shape[1]), axis=1)
+
+    def _synthesize_nonlinear(self, z: torch.Tensor) -> np.ndarray:
+        # Run the net on (context + new frames) and emit the frames whose
+        # look-ahead has arrived. Absolute frame counters: the buffer starts at
+        # frame `base`; frames before `emitted` are out already.
+        c = self.config
         la = c.lookahead_frames
         buf = torch.cat([self._latents, z], dim=1)
         base = self._received - self._latents.shape[1]
@@ -130,8 +186,7 @@ class PacketDecoder:
         coef = self.model.codec.decoder(buf[None])[0]  # [C*P, len(buf)]
         ready = coef[:, self._emitted - base : ready_end - base]
         self._emitted = ready_end
-        keep = self._context + la
-        self._latents = buf[:, max(0, buf.shape[1] - keep) :]
+        self._latents = buf[:, max(0, buf.shape[1] - (self._context + la)) :]
         frames = ready.reshape(c.channels, c.frame, -1).permute(2, 0, 1).contiguous()
         out = self._fir.process(frames)  # [K, C, N]
         return signal_from_frames(out, 1)[:, 0].numpy()

@@ -80,8 +80,12 @@ def _channel_mode(source_channels: int, model_channels: int, downmix: bool, name
 
 
 def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames_per_packet: int = 64,
-                  downmix: bool = False, progress: Progress | None = None) -> EncodeStats:
-    """Encode everything ``reader`` yields into the ``.wlc`` stream ``out``."""
+                  downmix: bool = False, progress: Progress | None = None, group_packets: int = 4) -> EncodeStats:
+    """Encode everything ``reader`` yields into the ``.wlc`` stream ``out``.
+
+    The bytes depend only on the audio, the model, ``frames_per_packet`` and
+    ``group_packets`` -- not on how the reader cut the audio into blocks.
+    """
     t0 = time.perf_counter()
     cfg = model.config
     mode = _channel_mode(reader.channels, cfg.channels, downmix, reader.name)
@@ -89,10 +93,10 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
         model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
         J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
         source_sample_rate=int(reader.source_rate or reader.sample_rate), source_channels=reader.channels,
-        channel_mode=mode, encoder_version=__version__,
+        channel_mode=mode, encoder_version=__version__, extra={"group_packets": group_packets},
     )
     writer = BitstreamWriter(out, header)
-    enc = PacketEncoder(model, frames_per_packet)
+    enc = PacketEncoder(model, frames_per_packet, group_packets)
     produced = 0
     for block in reader:
         produced += block.shape[1]
@@ -113,16 +117,16 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
 
 def compress_file(src: str, dst: str, model: LoadedModel | None = None, *, overwrite: bool = False,
                   frames_per_packet: int = 64, downmix: bool = False,
-                  progress: Progress | None = None) -> EncodeStats:
+                  progress: Progress | None = None, group_packets: int = 4) -> EncodeStats:
     """Encode audio file ``src`` (or ``-``) to ``dst`` (or ``-``) atomically."""
     model = model or load_model()
-    with AudioReader(src, sample_rate=model.config.sample_rate) as reader:
+    with AudioReader(src, sample_rate=model.config.sample_rate, block_frames=1 << 18) as reader:
         with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
             if tmp == STDIO:
                 buf = sys.stdout.buffer
-                return encode_stream(reader, buf, model, frames_per_packet, downmix, progress)
+                return encode_stream(reader, buf, model, frames_per_packet, downmix, progress, group_packets)
             with open(tmp, "wb") as f:
-                return encode_stream(reader, f, model, frames_per_packet, downmix, progress)
+                return encode_stream(reader, f, model, frames_per_packet, downmix, progress, group_packets)
 
 
 @dataclass
@@ -159,20 +163,20 @@ def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tup
     with atomic_output(dst, overwrite=overwrite, inputs=list(inputs)) as tmp:
         with AudioWriter(tmp, cfg.sample_rate, out_channels, out_rate=h.source_sample_rate, subtype=subtype,
                          name=dst) as w:
-            for packet in reader:
-                pcm = dec.decode(packet.frames, packet.payload)
-                if skip:
-                    cut = min(skip, pcm.shape[1])
-                    pcm, skip = pcm[:, cut:], skip - cut
-                if h.channel_mode == "mono":
-                    pcm = pcm.mean(axis=0, keepdims=True)
-                pending = np.concatenate([pending, pcm], axis=1)
+            for group in _groups(reader, 16):
+                for pcm in dec.decode_many(group):
+                    if skip:
+                        cut = min(skip, pcm.shape[1])
+                        pcm, skip = pcm[:, cut:], skip - cut
+                    if h.channel_mode == "mono":
+                        pcm = pcm.mean(axis=0, keepdims=True)
+                    pending = np.concatenate([pending, pcm], axis=1)
                 if pending.shape[1] > hold:
                     w.write(pending[:, : pending.shape[1] - hold])
                     written += pending.shape[1] - hold
                     pending = pending[:, pending.shape[1] - hold :]
                 if progress:
-                    progress(packet.frames * cfg.frame)
+                    progress(sum(frames for frames, _ in group) * cfg.frame)
             rest = reader.num_samples - written
             if rest < 0 or rest > pending.shape[1]:
                 raise BitstreamError("end packet's sample count does not match the packets")
@@ -180,6 +184,18 @@ def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tup
                 w.write(pending[:, :rest])
             written += rest
     return DecodeStats(written, cfg.sample_rate, out_channels, time.perf_counter() - t0)
+
+
+def _groups(reader: BitstreamReader, n: int):
+    """Packets as ``(frames, payload)`` lists of up to ``n``."""
+    group = []
+    for packet in reader:
+        group.append((packet.frames, packet.payload))
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def decompress_file(src: str, dst: str, *, overwrite: bool = False, model: LoadedModel | None = None,

@@ -87,6 +87,20 @@ def linear_codec(config: CodecConfig, covariance: np.ndarray, step: float) -> Wa
     return codec
 
 
+def saturation_margin(codec: WallocCodec) -> float:
+    """How far full-scale audio can push the latents, as a fraction of the quantizer's range.
+
+    For ``|x| <= 1`` every latent obeys ``|y_l| <= sum |taps_l|`` (the L1 norm of
+    its fused analysis filter), an exact bound; the quantizer saturates at
+    ``delta * expand(A)``. A value below 1 means no input can saturate.
+    """
+    with torch.no_grad():
+        bound = codec.analysis_taps().abs().sum(dim=(0, 1))  # [L]
+        bn = codec.bottleneck
+        top = bn.expand(torch.tensor(float(bn.max_symbol))) * bn.step()
+    return float((bound / top).max())
+
+
 def symbol_counts(codec: WallocCodec, clips: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
     counts = None
     for _, x in clips:

@@ -69,6 +69,10 @@ def main() -> None:
     step = best[0]
     codec = lf.linear_codec(cfg, cov, step)
     probs = fit_probabilities(lf.symbol_counts(codec, train))
+    margin = lf.saturation_margin(codec)
+    print(f"worst-case full-scale latent / quantizer range: {margin:.3f} (< 1: nothing can saturate)")
+    if margin >= 1:
+        print("WARNING: loud input can saturate the quantizer; lower --knee or raise --latent-bits")
     metrics = lf.evaluate(codec, EntropyCoder(probs), val)
     print(f"chosen step {step:.3e}; validation ({len(val)} held-out tracks, {metrics['seconds'] / 60:.1f} min): "
           f"{metrics['kbps']:.1f} kbps, {metrics['bits_per_latent']:.3f} bits/latent, SNR {metrics['snr_db']:.2f} dB, "
@@ -80,6 +84,7 @@ def main() -> None:
         extra={
             "kind": "linear",
             "training": {"tracks": len(train), "minutes": round(minutes(train), 1), "step": step,
+                         "saturation_margin": round(margin, 4),
                          "energy_kept": float(kept), "recipe": "recipes/codec/fit_linear.py",
                          "seconds": round(time.time() - t0, 1)},
             "validation": {"tracks": len(val), **{k: round(v, 3) for k, v in metrics.items()}},

@@ -85,8 +85,8 @@ def test_fresh_nonlinear_decoder_equals_linear_decoder():
     torch.testing.assert_close(lin.codec.synthesize(z), nl.codec.synthesize(z), atol=1e-6, rtol=0)
 
 
-def _stream(model, x, block_sizes, fpp):
-    enc = PacketEncoder(model, fpp)
+def _stream(model, x, block_sizes, fpp, group=1):
+    enc = PacketEncoder(model, fpp, group)
     packets, pos, i = [], 0, 0
     while pos < x.shape[1]:
         n = block_sizes[i % len(block_sizes)]
@@ -99,10 +99,15 @@ def _stream(model, x, block_sizes, fpp):
 def test_packets_are_bit_identical_for_any_block_partition():
     m = make_model(J=4)
     x = tones(0.3)
-    ref, _ = _stream(m, x, [x.shape[1]], 8)
-    for sizes in ([1], [7], [256], [1000], [8192], [1, 64, 65, 128, 8193, 3]):
-        got, _ = _stream(m, x, sizes, 8)
-        assert got == ref, f"block sizes {sizes}"
+    for group in (1, 3):
+        ref, _ = _stream(m, x, [x.shape[1]], 8, group)
+        for sizes in ([1], [7], [256], [1000], [8192], [1, 64, 65, 128, 8193, 3]):
+            got, _ = _stream(m, x, sizes, 8, group)
+            assert got == ref, f"block sizes {sizes}, group {group}"
+    # The grouping changes only how frames are batched through the filter.
+    one = [p for _, p in _stream(m, x, [x.shape[1]], 8, 1)[0]]
+    three = [p for _, p in _stream(m, x, [x.shape[1]], 8, 3)[0]]
+    assert len(one) == len(three)
 
 
 @pytest.mark.parametrize("depth,lookahead", [(0, 0), (2, 0), (2, 3)])
