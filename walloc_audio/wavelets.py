@@ -113,25 +113,33 @@ def packet_filters(levels: int) -> PacketFilters:
     """Derive the polyphase taps from PyWavelets (cached; ~0.1 s for J=8)."""
     assert 1 <= levels <= 12, f"J must be in 1..12, got {levels}"
     n = 2**levels
-    # The support of a level-J packet filter is < 9 * N samples; 16 frames of
+    # The support of a level-J packet filter is < 9 * N samples; 4 frames of
     # margin on each side keep the circular wrap from touching it.
-    q = 2 * (8 + 16)
+    q = 2 * (8 + 4)
     length = n * q
     order = freq_to_natural(levels)
 
     # Analysis: impulse at phase s of frame 0 -> coefficients[p, t]. By shift
     # invariance, c[p, t] = sum_{s,d} x[(t - d) * N + s] * imp[s, p, d].
-    imp = np.zeros((n, length))
-    imp[np.arange(n), np.arange(n)] = 1.0
-    coef = _dwt_tree(imp, levels)[:, order, :]  # [N(s), P, Q(d)]
+    # Impulses go through in chunks so the peak memory stays small (a few MB).
+    chunk = 16
+    coef = np.empty((n, n, q))  # [N(s), P, Q(d)]
+    for s0 in range(0, n, chunk):
+        s1 = min(n, s0 + chunk)
+        imp = np.zeros((s1 - s0, length))
+        imp[np.arange(s1 - s0), np.arange(s0, s1)] = 1.0
+        coef[s0:s1] = _dwt_tree(imp, levels)[:, order, :]
     a_taps, a_lag = _unwrap(coef, 2, q)  # [M_a, N, P]; tap i is lag a_lag + i
 
     # Synthesis: unit coefficient (p, frame 0) -> signal r_p; frame u of the
     # output = sum_{p,e} c[p, u - e] * r_p[e * N + s].
-    unit = np.zeros((n, n, q))
-    unit[np.arange(n), order, 0] = 1.0  # batch over frequency-ordered p
-    sig = _idwt_tree(unit, levels).reshape(n, q, n)  # [P, Q(e), N(s)]
-    s_taps, s_lag = _unwrap(sig, 1, q)  # [M_s, P, N]
+    sig = np.empty((n, length))  # [P (frequency order), L]
+    for p0 in range(0, n, chunk):
+        p1 = min(n, p0 + chunk)
+        unit = np.zeros((p1 - p0, n, q))
+        unit[np.arange(p1 - p0), order[p0:p1], 0] = 1.0
+        sig[p0:p1] = _idwt_tree(unit, levels)
+    s_taps, s_lag = _unwrap(sig.reshape(n, q, n), 1, q)  # [M_s, P, N]
 
     # Make both causal: analysis stream index k holds coefficient frame
     # k + a_lag (a_lag <= 0), synthesis stream frame holds signal frame shifted
