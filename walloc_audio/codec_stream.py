@@ -154,6 +154,7 @@ class PacketDecoder:
         self._fir.reset()
         self._latents = torch.zeros(self.config.latent_dim, 0)
         self._received = self._emitted = 0
+        self._post_history = torch.zeros(1, self.config.channels, max(0, self.config.post_filter_taps - 1))
 
     def decode(self, frames: int, payload: bytes) -> np.ndarray:
         return self.decode_many([(frames, payload)])[0]
@@ -168,6 +169,13 @@ class PacketDecoder:
                 pcm = signal_from_frames(self._fir.process(z.T.contiguous()[:, None, :]), c.channels)[0].numpy()
             else:
                 pcm = self._synthesize_nonlinear(z)
+            if self.model.codec.post_filter is not None and pcm.shape[1]:
+                x = torch.from_numpy(pcm)[None]
+                out = self.model.codec.apply_post_filter(x, self._post_history)
+                keep = self.config.post_filter_taps - 1
+                if keep:
+                    self._post_history = torch.cat([self._post_history, x], dim=-1)[..., -keep:]
+                pcm = out[0].numpy()
         # Split per packet (a nonlinear decoder with look-ahead lags by `la` frames).
         sizes = np.cumsum([f * c.frame for f, _ in packets])[:-1]
         lag = pcm.shape[1] - sum(f for f, _ in packets) * c.frame

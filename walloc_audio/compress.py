@@ -34,7 +34,7 @@ from .errors import AudioError, BitstreamError
 from .fsutil import STDIO, atomic_output
 from .pretrained import LoadedModel, load_model
 
-Progress = Callable[[int], None]  # called with the number of source samples just processed
+Progress = Callable[[float], None]  # called with the seconds of audio just processed
 
 
 @dataclass
@@ -103,7 +103,7 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
         for frames, payload in enc.push(_map_channels(block, cfg.channels, mode)):
             writer.write(frames, payload)
         if progress:
-            progress(block.shape[1])
+            progress(block.shape[1] / cfg.sample_rate)
     if produced == 0:
         raise AudioError(f"{reader.name}: contains no audio samples")
     for frames, payload in enc.flush():
@@ -176,7 +176,7 @@ def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tup
                     written += pending.shape[1] - hold
                     pending = pending[:, pending.shape[1] - hold :]
                 if progress:
-                    progress(sum(frames for frames, _ in group) * cfg.frame)
+                    progress(sum(frames for frames, _ in group) * cfg.frame / cfg.sample_rate)
             rest = reader.num_samples - written
             if rest < 0 or rest > pending.shape[1]:
                 raise BitstreamError("end packet's sample count does not match the packets")

@@ -40,6 +40,7 @@ class CodecConfig:
     decoder_depth: int = 0
     decoder_kernel: int = 3
     lookahead_frames: int = 0
+    post_filter_taps: int = 0  # causal per-channel FIR on the output PCM (0 = none)
 
     def __post_init__(self):
         if not 1 <= self.channels <= 16:
@@ -48,6 +49,8 @@ class CodecConfig:
             raise ValueError(f"J must be 1..12, got {self.J}")
         if not 1 <= self.latent_dim <= self.channels * 2**self.J:
             raise ValueError(f"latent_dim must be 1..{self.channels * 2**self.J}, got {self.latent_dim}")
+        if not 0 <= self.post_filter_taps <= 1024:
+            raise ValueError(f"post_filter_taps must be 0..1024, got {self.post_filter_taps}")
         if not 8000 <= self.sample_rate <= 384000:
             raise ValueError(f"sample_rate out of range: {self.sample_rate}")
 
@@ -116,6 +119,12 @@ class WallocCodec(nn.Module):
         self.bottleneck = Bottleneck(c.latent_dim, c.latent_bits, c.compand_knee)
         self.decoder = Decoder(c.latent_dim, c.coefficients, c.decoder_width, c.decoder_depth,
                                c.decoder_kernel, c.lookahead_frames)
+        # Optional post filter: a short causal FIR per output channel, starting as identity.
+        self.post_filter = None
+        if c.post_filter_taps:
+            h = torch.zeros(c.channels, c.post_filter_taps)
+            h[:, 0] = 1.0
+            self.post_filter = nn.Parameter(h)
         self.register_buffer("_ana", torch.from_numpy(self.filters.analysis).float(), persistent=False)
         self.register_buffer("_syn", torch.from_numpy(self.filters.synthesis).float(), persistent=False)
 
@@ -162,7 +171,19 @@ class WallocCodec(nn.Module):
             frames = coef.reshape(b * self.config.channels, self.config.frame, k).permute(2, 0, 1)
         hist = frames.new_zeros(taps.shape[0] - 1, *frames.shape[1:])
         out = fir_frames(torch.cat([hist, frames.to(taps.dtype)]), taps)  # [K, B', C*N or N]
-        return signal_from_frames(out, out.shape[2] // self.config.frame).reshape(z.shape[0], self.config.channels, -1)
+        pcm = signal_from_frames(out, out.shape[2] // self.config.frame).reshape(z.shape[0], self.config.channels, -1)
+        return self.apply_post_filter(pcm)
+
+    def apply_post_filter(self, pcm: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal FIR ``y[n] = sum_k h[k] x[n-k]`` per channel; ``history``: the previous
+        ``taps - 1`` samples ``[B, C, taps-1]`` (zeros when None). ``[B, C, T] -> [B, C, T]``."""
+        if self.post_filter is None:
+            return pcm
+        c, k = self.post_filter.shape
+        if history is None:
+            history = pcm.new_zeros(pcm.shape[0], c, k - 1)
+        x = torch.cat([history, pcm], dim=-1)
+        return torch.nn.functional.conv1d(x, self.post_filter.flip(-1)[:, None, :], groups=c)
 
     @torch.no_grad()
     def decode(self, symbols: torch.Tensor) -> torch.Tensor:

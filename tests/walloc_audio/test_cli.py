@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from helpers import make_model, tones
-from walloc_audio.cli import main
+from walloc_audio.cli import run
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.pretrained import save_model
 
@@ -35,15 +35,7 @@ def tiny_model(tmp_path_factory, monkeypatch):
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["walloc-audio", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old
+    code = run([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
 

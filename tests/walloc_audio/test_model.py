@@ -110,9 +110,9 @@ def test_packets_are_bit_identical_for_any_block_partition():
     assert len(one) == len(three)
 
 
-@pytest.mark.parametrize("depth,lookahead", [(0, 0), (2, 0), (2, 3)])
-def test_packet_decoder_equals_offline_decode(depth, lookahead):
-    m = make_model(J=3, depth=depth, lookahead=lookahead)
+@pytest.mark.parametrize("depth,lookahead,post", [(0, 0, 0), (2, 0, 0), (2, 3, 0), (0, 0, 5), (2, 1, 9)])
+def test_packet_decoder_equals_offline_decode(depth, lookahead, post):
+    m = make_model(J=3, depth=depth, lookahead=lookahead, post_filter=post)
     x = tones(0.1)
     packets, enc = _stream(m, x, [333], 5)
     dec = PacketDecoder(m)
@@ -124,9 +124,23 @@ def test_packet_decoder_equals_offline_decode(depth, lookahead):
     offline = m.codec.decode(m.codec.encode(xt))[0].numpy()
     usable = (frames - lookahead) * c.frame
     np.testing.assert_allclose(streamed[:, :usable], offline[:, :usable], atol=1e-5)
-    d = c.delay_samples
-    err = streamed[:, d : d + x.shape[1]] - x
-    assert 10 * np.log10((x**2).sum() / (err**2).sum()) > 15
+    if not post:  # (the test's post filter is a deliberate low-pass)
+        d = c.delay_samples
+        err = streamed[:, d : d + x.shape[1]] - x
+        assert 10 * np.log10((x**2).sum() / (err**2).sum()) > 15
+
+
+def test_post_filter_starts_as_identity_and_is_causal():
+    cfg = CodecConfig(J=3, latent_dim=8, post_filter_taps=4)
+    codec = WallocCodec(cfg)
+    x = torch.randn(1, 2, 64)
+    torch.testing.assert_close(codec.apply_post_filter(x), x)
+    with torch.no_grad():
+        codec.post_filter.normal_()
+    y = codec.apply_post_filter(x)
+    x2 = x.clone()
+    x2[..., 40:] += 1
+    torch.testing.assert_close(codec.apply_post_filter(x2)[..., :40], y[..., :40])
 
 
 def test_clipping_is_counted_not_wrapped():
