@@ -23,132 +23,17 @@ and on ``KeyboardInterrupt``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import math
 import os
-import re
 import struct
 import subprocess
 import sys
-import threading
-from collections import deque
-from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
 
 from .errors import AudioError, OutputError
+from .ffmpeg import AudioInfo, FFmpegProcess, probe, resample_args
 from .fsutil import STDIO, output_error
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioInfo:
-    """What a CLI says about a file: ``44100 Hz, 2 ch, 3.20 s, WAV (PCM_16)``."""
-
-    sample_rate: int
-    channels: int
-    frames: int | None  # None when the container does not say
-    duration: float | None  # seconds
-    format: str  # container (codec), e.g. "mp3 (mp3)", "WAV (PCM_16)"
-
-
-# --------------------------------------------------------------------- ffmpeg
-
-
-@lru_cache(maxsize=None)
-def _has_soxr() -> bool:
-    """Whether this ffmpeg build has the soxr resampler (better than its default)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return "--enable-libsoxr" in subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
-    return False
-
-
-def _resample_args(rate: int | None) -> list[str]:
-    """ffmpeg options to resample to ``rate`` (none when rate is None)."""
-    soxr = ["-af", "aresample=resampler=soxr"] if rate and _has_soxr() else []
-    return soxr + (["-ar", str(int(rate))] if rate else [])
-
-
-class _FFmpeg:
-    """An ffmpeg child with a drained stderr and a reliable kill-and-reap."""
-
-    def __init__(self, args: list[str], path: str, name: str, error: type, *, stdin=None, stdout=subprocess.PIPE):
-        self.path, self.tail = path, deque(maxlen=30)  # the last stderr lines: bounded memory
-        base = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
-        try:
-            self.proc = subprocess.Popen(base + args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
-        except FileNotFoundError:
-            raise error(f"{name}: ffmpeg is not installed (needed for this format)") from None
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        for line in self.proc.stderr:
-            self.tail.append(line.decode("utf-8", "replace").strip())
-
-    def wait(self) -> int:
-        """Wait for a normal exit (after EOF, or after closing its stdin)."""
-        code = self.proc.wait()
-        self._thread.join(timeout=5)
-        return code
-
-    def gist(self) -> str:
-        """ffmpeg's last error line, without the path it names (we name it)."""
-        lines = [line for line in self.tail if line]
-        return _gist(lines, self.path) if lines else f"ffmpeg exit status {self.proc.returncode}"
-
-    def kill(self) -> None:
-        """Stop the child now, reap it (no zombie) and close our pipe ends."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError, AttributeError):  # None, or a broken flush
-                pipe.close()
-        self._thread.join(timeout=5)
-
-
-def _gist(lines: list[str], path: str) -> str:
-    """One short line from an ffmpeg log, for an error message that already
-    names the file: the last line without its ``path: `` or ``[demuxer @ 0x..]``
-    prefix, after the line before it when the last is a bare ``strerror``
-    (``Unable to find a suitable output format for 'x.xyz': Invalid argument``)."""
-    out = []
-    for line in lines[-2:]:
-        line = re.sub(r"^\[[^\]]*\] ", "", line)
-        for prefix in (f"{path}: ", "pipe:0: ", "pipe:1: "):
-            line = line.removeprefix(prefix)
-        out.append(line)
-    return (f"{out[0]}: {out[1]}" if len(out) == 2 and len(out[1]) < 30 else out[-1])[:200]
-
-
-def _probe(path: str) -> AudioInfo:
-    """Read rate, channels, length and codec of the first audio stream with ffprobe."""
-    entries = "stream=codec_type,codec_name,sample_rate,channels,duration:format=format_name,duration"
-    args = ["ffprobe", "-v", "error", "-show_entries", entries, "-of", "json", f"file:{path}"]
-    try:  # ffprobe reads headers only: its output is small, capturing it is safe
-        run = subprocess.run(args, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
-    except FileNotFoundError:
-        raise AudioError(f"{path}: ffprobe is not installed (needed for this format)") from None
-    except subprocess.TimeoutExpired:
-        raise AudioError(f"{path}: ffprobe timed out (a pipe or a stalled network file?)") from None
-    err = run.stderr.decode("utf-8", "replace").strip().splitlines()
-    if run.returncode != 0:
-        gist = _gist(err, f"file:{path}") if err else f"ffprobe exit status {run.returncode}"
-        raise AudioError(f"{path}: not a readable audio file ({gist})")
-    info = json.loads(run.stdout or b"{}")
-    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
-    if not streams:
-        raise AudioError(f"{path}: no audio stream (not an audio file?)")
-    s, fmt = streams[0], info.get("format", {})
-    rate, channels = int(s.get("sample_rate") or 0), int(s.get("channels") or 0)
-    if rate <= 0 or channels <= 0:
-        raise AudioError(f"{path}: unusable audio stream ({channels} channels at {rate} Hz)")
-    duration = float(s.get("duration") or fmt.get("duration") or "nan")
-    duration = duration if math.isfinite(duration) else None
-    frames = round(duration * rate) if duration is not None else None
-    return AudioInfo(rate, channels, frames, duration, f"{fmt.get('format_name', '?')} ({s.get('codec_name', '?')})")
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -159,7 +44,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     try:
         i = sf.info(path)
     except (RuntimeError, OSError):
-        return _probe(path)
+        return probe(path)
     return AudioInfo(i.samplerate, i.channels, i.frames, i.frames / i.samplerate, f"{i.format} ({i.subtype})")
 
 
@@ -201,7 +86,7 @@ class AudioReader:
         self.name = "<stdin>" if self.source == STDIO else self.source
         self.block_frames, self.frames_read = block_frames, 0
         self._sf: sf.SoundFile | None = None
-        self._ff: _FFmpeg | None = None
+        self._ff: FFmpegProcess | None = None
         self._closed = False
         try:
             if self.source != STDIO:
@@ -223,14 +108,14 @@ class AudioReader:
             raise
 
     def _open_ffmpeg(self, rate: int | None) -> None:
-        info = None if self.source == STDIO else _probe(self.source)
+        info = None if self.source == STDIO else probe(self.source)
         if info is not None and rate == info.sample_rate:
             rate = None  # no resampling needed
         url = "pipe:0" if self.source == STDIO else f"file:{self.source}"
         args = ["-i", url, "-map", "0:a:0", "-map_metadata", "-1", "-fflags", "+bitexact",
-                *_resample_args(rate), "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
+                *resample_args(rate), "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
         stdin = sys.stdin if self.source == STDIO else subprocess.DEVNULL
-        self._ff = _FFmpeg(args, url, self.name, AudioError, stdin=stdin)
+        self._ff = FFmpegProcess(args, url, self.name, AudioError, stdin=stdin)
         self.channels, self.sample_rate = self._read_wav_header()
         self.source_rate = info.sample_rate if info else (None if rate else self.sample_rate)
         self.format, self.num_frames = (info.format, info.frames) if info else ("ffmpeg stream", None)
@@ -372,7 +257,7 @@ class AudioWriter:
         self.format, self.subtype, self.clipped = fmt, subtype and subtype.upper(), 0
         self._clip = self.subtype not in ("FLOAT", "DOUBLE")
         self._sf: sf.SoundFile | None = None
-        self._ff: _FFmpeg | None = None
+        self._ff: FFmpegProcess | None = None
         self._closed = False
         if fmt in _SF_DEFAULT and self.out_rate == self.sample_rate and self.path != STDIO:
             self.subtype = self.subtype or _SF_DEFAULT[fmt]
@@ -392,12 +277,12 @@ class AudioWriter:
         codec = _FF_SUBTYPE.get((fmt, self.subtype), [])
         dest = "pipe:1" if self.path == STDIO else f"file:{self.path}"
         args = ["-y", "-f", "f32le", "-ar", str(self.sample_rate), "-ac", str(self.channels), "-i", "pipe:0",
-                *_resample_args(None if self.out_rate == self.sample_rate else self.out_rate),
+                *resample_args(None if self.out_rate == self.sample_rate else self.out_rate),
                 *codec, "-f", _MUXERS[fmt], dest]
         if self.path == STDIO:
             sys.stdout.flush()  # our own buffered output must come first
         stdout = None if self.path == STDIO else subprocess.DEVNULL  # None: ffmpeg inherits our stdout
-        self._ff = _FFmpeg(args, dest, self.name, OutputError, stdin=subprocess.PIPE, stdout=stdout)
+        self._ff = FFmpegProcess(args, dest, self.name, OutputError, stdin=subprocess.PIPE, stdout=stdout)
 
     def _error(self, e: BaseException | None = None) -> OutputError:
         """The one-line error for a failed write; stops ffmpeg to read its log."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .audio import AudioReader
-from .entropy import EntropyCoder, count_symbols, fit_probabilities
+from .entropy import EntropyCoder, count_symbols
 from .errors import AudioError
 from .model import CodecConfig, WallocCodec
 from .wavelets import PacketTransform
