@@ -66,6 +66,26 @@ def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats:
             "kbps": 8 * sum(len(p) + 14 for _, p in packets) / seconds / 1000}
 
 
+def _watch_peak_rss(proc: subprocess.Popen) -> int:
+    """Peak resident memory (KiB) of a running child, from its ``VmHWM``.
+
+    ``ru_maxrss`` from ``wait4`` would also count the pages the child shared
+    with this (large) parent before ``exec``; ``VmHWM`` belongs to the child's
+    own address space only. Polled until exit (the value only grows).
+    """
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return peak
+
+
 def memory_check(model_name: str, minutes: float) -> None:
     """Encode and decode a long stereo file with the CLI in a child process; report peak RSS."""
     rate = 44100
@@ -83,12 +103,11 @@ def memory_check(model_name: str, minutes: float) -> None:
             cmd = [sys.executable, "-m", "walloc_audio", verb, "-q", *args] + (["--model", model_name] if verb == "encode" else [])
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            peak = _watch_peak_rss(proc)
             dt = time.perf_counter() - t0
             if proc.returncode:
                 raise SystemExit(f"{verb} failed with exit code {proc.returncode}")
-            print(f"  {verb}: {dt:6.1f} s ({minutes * 60 / dt:5.0f}x real time), peak RSS {usage.ru_maxrss / 1024:6.0f} MB")
+            print(f"  {verb}: {dt:6.1f} s ({minutes * 60 / dt:5.0f}x real time), peak RSS {peak / 1024:6.0f} MB")
         info = sf.info(os.path.join(tmp, "long.out.flac"))
         print(f"  decoded length {info.frames} samples (input {int(minutes * 60 * rate)})")
 
