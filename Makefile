@@ -31,7 +31,9 @@ system-deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-$(STAMP): $(LOCK) requirements/pip.txt
+# No file prerequisites: the venv's name already carries the hash of the lock, and a
+# fresh clone's newer mtimes must not force a rebuild of an identical venv.
+$(STAMP):
 	rm -rf $(VENV) && mkdir -p $(VENV_ROOT)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements/pip.txt
