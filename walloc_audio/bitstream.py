@@ -20,6 +20,7 @@ Nothing in a file is ever executed or unpickled.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
@@ -139,9 +140,51 @@ def write_header(f: BinaryIO, header: StreamHeader) -> None:
     f.write(_PREFIX.pack(MAGIC, VERSION, len(data), zlib.crc32(data)) + data)
 
 
+def packet_limits(header: StreamHeader, frames: int) -> int:
+    """Largest payload a packet of ``frames`` frames may carry under ``header``."""
+    return _END.size if frames == 0 else header.max_payload
+
+
+def unpack_packet(data: bytes, offset: int, header: StreamHeader) -> tuple[Packet, int]:
+    """Parse one packet from ``data[offset:]`` (a datagram, a buffer); return it and the next offset.
+
+    Same checks as :func:`read_packet`; raises :class:`BitstreamError` on anything malformed.
+    """
+    if len(data) - offset < _PACKET.size:
+        raise BitstreamError("truncated packet header")
+    length, seq, frames, crc = _PACKET.unpack_from(data, offset)
+    if frames > header.frames_per_packet or length > packet_limits(header, frames):
+        raise BitstreamError(f"packet {seq}: {frames} frames / {length} bytes exceed the header's limits")
+    start = offset + _PACKET.size
+    if len(data) - start < length:
+        raise BitstreamError(f"packet {seq}: truncated payload")
+    payload = bytes(data[start : start + length])
+    if zlib.crc32(struct.pack("<IH", seq, frames) + payload) != crc:
+        raise BitstreamError(f"packet {seq}: checksum mismatch (corrupt data)")
+    return Packet(seq, frames, payload), start + length
+
+
+def end_packet_samples(packet: Packet) -> tuple[int, int]:
+    """``(samples, source samples)`` carried by an end packet (``frames == 0``)."""
+    if packet.frames != 0 or len(packet.payload) != _END.size:
+        raise BitstreamError("malformed end packet")
+    return _END.unpack(packet.payload)
+
+
+def pack_end(sequence: int, num_samples: int, source_samples: int) -> bytes:
+    return pack_packet(sequence, 0, _END.pack(num_samples, source_samples))
+
+
+def header_bytes(header: StreamHeader) -> bytes:
+    """The stream prefix (magic, version, header) as bytes -- what a late joiner needs first."""
+    buf = io.BytesIO()
+    write_header(buf, header)
+    return buf.getvalue()
+
+
 def read_packet(f: BinaryIO, header: StreamHeader) -> Packet:
     length, seq, frames, crc = _PACKET.unpack(read_exactly(f, _PACKET.size, "packet header"))
-    limit = _END.size if frames == 0 else header.max_payload
+    limit = packet_limits(header, frames)
     if frames > header.frames_per_packet or length > limit:
         raise BitstreamError(
             f"packet {seq}: {frames} frames / {length} bytes exceed the header's limits "
@@ -172,7 +215,7 @@ class BitstreamWriter:
         return data
 
     def close(self, num_samples: int, source_samples: int) -> None:
-        self.f.write(pack_packet(self.sequence, 0, _END.pack(num_samples, source_samples)))
+        self.f.write(pack_end(self.sequence, num_samples, source_samples))
         self.f.flush()
 
 
@@ -197,9 +240,7 @@ class BitstreamReader:
                 raise BitstreamError(f"packet {expected} missing (found {packet.sequence})")
             expected += 1
             if packet.frames == 0:
-                if len(packet.payload) != _END.size:
-                    raise BitstreamError("malformed end packet")
-                self.num_samples, self.source_samples = _END.unpack(packet.payload)
+                self.num_samples, self.source_samples = end_packet_samples(packet)
                 needed = self.total_frames * 2**self.header.J
                 if self.num_samples > needed:
                     raise BitstreamError(f"end packet claims {self.num_samples} samples, packets hold {needed}")
