@@ -154,6 +154,7 @@ class PacketDecoder:
         self._fir.reset()
         self._latents = torch.zeros(self.config.latent_dim, 0)
         self._received = self._emitted = 0
+        self._last = torch.zeros(self.config.latent_dim)
         self._post_history = torch.zeros(1, self.config.channels, max(0, self.config.post_filter_taps - 1))
 
     def decode(self, frames: int, payload: bytes) -> np.ndarray:
@@ -162,9 +163,16 @@ class PacketDecoder:
     def decode_many(self, packets: Sequence[tuple[int, bytes]]) -> list[np.ndarray]:
         """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
         bn = self.model.codec.bottleneck
-        c = self.config
         with torch.no_grad():
             z = torch.cat([bn.dequantize(torch.from_numpy(self.model.coder.decode(p, f))) for f, p in packets], dim=1)
+        return self.synthesize(z, [f for f, _ in packets])
+
+    def synthesize(self, z: torch.Tensor, sizes: Sequence[int]) -> list[np.ndarray]:
+        """Dequantized latents ``[L, sum(sizes)]`` -> PCM, split into ``len(sizes)`` pieces."""
+        c = self.config
+        if z.shape[1]:
+            self._last = z[:, -1].clone()
+        with torch.no_grad():
             if self._linear:
                 pcm = signal_from_frames(self._fir.process(z.T.contiguous()[:, None, :]), c.channels)[0].numpy()
             else:
@@ -177,9 +185,22 @@ class PacketDecoder:
                     self._post_history = torch.cat([self._post_history, x], dim=-1)[..., -keep:]
                 pcm = out[0].numpy()
         # Split per packet (a nonlinear decoder with look-ahead lags by `la` frames).
-        sizes = np.cumsum([f * c.frame for f, _ in packets])[:-1]
-        lag = pcm.shape[1] - sum(f for f, _ in packets) * c.frame
-        return np.split(pcm, np.clip(sizes + lag, 0, pcm.shape[1]), axis=1)
+        bounds = np.cumsum([f * c.frame for f in sizes])[:-1]
+        lag = pcm.shape[1] - sum(sizes) * c.frame
+        return np.split(pcm, np.clip(bounds + lag, 0, pcm.shape[1]), axis=1)
+
+    def conceal(self, frames: int, decay: float = 0.5) -> np.ndarray:
+        """PCM for ``frames`` lost frames: the last good latent frame, fading out.
+
+        Repeating the last frame with gain ``decay**k`` (k = 1, 2, ...) keeps the
+        spectrum of the last sound and fades it to silence; the synthesis filter
+        spans eight frames, so it cross-fades into and out of the concealment with
+        no click. The next good packet resumes normally.
+        """
+        gains = decay ** torch.arange(1, frames + 1, dtype=torch.float32)
+        z = self._last[:, None] * gains[None, :]
+        self._last = z[:, -1].clone() if frames else self._last
+        return self.synthesize(z, [frames])[0]
 
     def _synthesize_nonlinear(self, z: torch.Tensor) -> np.ndarray:
         # Run the net on (context + new frames) and emit the frames whose

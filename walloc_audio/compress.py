@@ -56,7 +56,7 @@ class EncodeStats:
         return 8 * self.bytes / max(self.duration, 1e-9) / 1000
 
 
-def _map_channels(block: np.ndarray, model_channels: int, mode: str) -> np.ndarray:
+def map_channels(block: np.ndarray, model_channels: int, mode: str) -> np.ndarray:
     if mode == "native":
         return block
     if mode == "mono":
@@ -66,7 +66,7 @@ def _map_channels(block: np.ndarray, model_channels: int, mode: str) -> np.ndarr
     return np.stack([block[g].mean(axis=0) for g in groups])
 
 
-def _channel_mode(source_channels: int, model_channels: int, downmix: bool, name: str) -> str:
+def channel_mode_for(source_channels: int, model_channels: int, downmix: bool, name: str) -> str:
     if source_channels == model_channels:
         return "native"
     if source_channels == 1:
@@ -88,7 +88,7 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
     """
     t0 = time.perf_counter()
     cfg = model.config
-    mode = _channel_mode(reader.channels, cfg.channels, downmix, reader.name)
+    mode = channel_mode_for(reader.channels, cfg.channels, downmix, reader.name)
     header = StreamHeader(
         model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
         J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
@@ -100,7 +100,7 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
     produced = 0
     for block in reader:
         produced += block.shape[1]
-        for frames, payload in enc.push(_map_channels(block, cfg.channels, mode)):
+        for frames, payload in enc.push(map_channels(block, cfg.channels, mode)):
             writer.write(frames, payload)
         if progress:
             progress(block.shape[1] / cfg.sample_rate)
