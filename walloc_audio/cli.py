@@ -227,6 +227,73 @@ def models():
     out.print(t)
 
 
+def _device(spec: Optional[str]):
+    return int(spec) if spec is not None and spec.isdigit() else spec
+
+
+@app.command()
+def stream(
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="record the stream to FILE.wlc (- for stdout)"),
+    send: Optional[str] = typer.Option(None, "--send", help="send to udp://HOST:PORT or tcp://HOST:PORT"),
+    monitor: bool = typer.Option(False, "--monitor", help="decode and play locally"),
+    list_devices: bool = typer.Option(False, "--list-devices", help="list audio devices and exit"),
+    input_device: Optional[str] = typer.Option(None, "--input-device", help="index or name (default device)"),
+    output_device: Optional[str] = typer.Option(None, "--output-device", help="index or name, for --monitor"),
+    block_size: int = typer.Option(512, "--block-size", help="device block size in samples"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="stop after this much audio"),
+    frames_per_packet: int = typer.Option(2, "--frames-per-packet", help="latency vs 14-byte packet overhead"),
+    rate: Optional[int] = typer.Option(None, "--rate", help="device rate (default: the model's; resampled)"),
+    channels: int = typer.Option(2, "--channels", help="channels to capture (1 = mono)"),
+    force: bool = typer.Option(False, "--force", "-f"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Live: microphone -> encoder -> file, network and/or local monitor, with a live panel."""
+    if list_devices:
+        from streaming.live import list_devices as devices
+
+        t = Table(title="audio devices")
+        for col in ("index", "name", "in", "out", "default rate"):
+            t.add_column(col)
+        for d in devices():
+            t.add_row(str(d["index"]), d["name"], str(d["max_input_channels"]), str(d["max_output_channels"]),
+                      f"{d['default_samplerate']:.0f}")
+        out_console = Console()
+        out_console.print(t)
+        return
+    from streaming.commands import run_stream
+
+    st = run_stream(model, out, send, monitor, _device(input_device), _device(output_device), block_size, seconds,
+                    frames_per_packet, rate, channels, force, quiet)
+    if not quiet:
+        kbps = 8 * st["bytes"] / max(st["seconds"], 1e-9) / 1000
+        err.print(f"streamed {st['seconds']:.2f} s in {st['packets']} packets, {kbps:.1f} kbps, algorithmic "
+                  f"latency {st['latency_ms']:.1f} ms, xruns {st['xruns']}"
+                  + (" (interrupted, stream finished cleanly)" if st["interrupted"] else ""), highlight=False)
+
+
+@app.command()
+def listen(
+    url: str = typer.Argument(..., help="udp://:PORT, tcp://:PORT (bind 127.0.0.1 unless a host is given), FILE or -"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="also write the audio to FILE (.wav, .flac, ...)"),
+    play: bool = typer.Option(True, "--play/--no-play", help="play to the output device"),
+    output_device: Optional[str] = typer.Option(None, "--output-device"),
+    block_size: int = typer.Option(512, "--block-size"),
+    jitter: int = typer.Option(4, "--jitter-packets", help="packets of reordering tolerated before a loss"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="give up after this many seconds of silence"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="stop after this much audio"),
+    force: bool = typer.Option(False, "--force", "-f"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Live: receive a stream, decode it (concealing lost packets) and play and/or record it."""
+    from streaming.commands import run_listen
+
+    st = run_listen(url, out, play, _device(output_device), block_size, jitter, timeout, force, quiet, seconds)
+    if not quiet:
+        err.print(f"received {st['packets']} packets, {st['lost']} lost ({st['concealed_frames']} frames concealed), "
+                  f"{st['samples']} samples" + ("" if st["ended"] else " (no end packet)"), highlight=False)
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """Run the CLI and return its exit code (user errors become one line on stderr)."""
     try:
