@@ -155,7 +155,10 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
     stats = {"packets": 0, "lost": 0, "samples": 0, "bytes": 0}
     with contextlib.ExitStack() as stack:
         rx = stack.enter_context(open_receiver(url, jitter_packets=jitter_packets, timeout=timeout))
-        kind, header = rx.next_event(timeout)
+        event = None
+        while event is None and not rx.done:
+            event = rx.next_event()  # blocks; the receiver's own `timeout` bounds a silent peer
+        kind, header = event if event is not None else ("none", None)
         if kind != "header":
             raise WallocError(f"{url}: stream did not start with a header")
         model = load_model(header.model, expected_sha256=header.model_sha256)
