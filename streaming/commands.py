@@ -66,6 +66,14 @@ def _ms(samples: int, rate: int) -> float:
     return 1000.0 * samples / rate
 
 
+def _one_thread() -> None:
+    """Live blocks are small: one thread computes them faster than two, and idle
+    OpenMP workers would spin between blocks, burning a core for nothing."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str], monitor: bool,
                input_device, output_device, block_size: int, seconds: Optional[float],
                frames_per_packet: int, rate: Optional[int], channels: int, force: bool, quiet: bool) -> dict:
@@ -75,6 +83,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
 
     if not (out or send or monitor):
         raise WallocError("nothing to do: give --out FILE.wlc, --send URL, - (stdout) or --monitor")
+    _one_thread()
     model = load_model(model_name or DEFAULT_MODEL)
     cfg = model.config
     enc = StreamEncoder(model, frames_per_packet)
@@ -152,6 +161,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
 
     if not (play or out):
         raise WallocError("nothing to do: play to a device (default) or give --out FILE")
+    _one_thread()
     stats = {"packets": 0, "lost": 0, "samples": 0, "bytes": 0}
     with contextlib.ExitStack() as stack:
         rx = stack.enter_context(open_receiver(url, jitter_packets=jitter_packets, timeout=timeout))

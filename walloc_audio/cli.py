@@ -67,14 +67,14 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, downmix: bool, threads: int,
-                progress=None):
+def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, group: int, downmix: bool,
+                threads: int, progress=None):
     from .compress import compress_file
     from .pretrained import load_model
 
     _set_threads(threads)
     return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix,
-                         progress=progress)
+                         progress=progress, group_packets=group)
 
 
 def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int, progress=None):
@@ -143,6 +143,7 @@ def encode(
     jobs: int = typer.Option(1, "--jobs", "-j", help="files encoded in parallel (one process each)"),
     threads: int = typer.Option(os.cpu_count() or 1, "--threads", "-t", help="threads for one file"),
     frames_per_packet: int = typer.Option(64, help="latent frames per packet (seek/loss granularity)"),
+    group_packets: int = typer.Option(4, help="packets per filter call (1 = the bytes a live stream makes)"),
     downmix: bool = typer.Option(False, help="average inputs with more channels than the model"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -151,8 +152,10 @@ def encode(
 
     if not 1 <= frames_per_packet <= 4096:
         raise WallocError("--frames-per-packet must be 1..4096")
+    if not 1 <= group_packets <= 64:
+        raise WallocError("--group-packets must be 1..64")
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
-    args = (model or DEFAULT_MODEL, force, frames_per_packet, downmix)
+    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix)
     for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):
         if not quiet and dst != "-":
             clip = f", [yellow]{st.clipped} samples clipped[/yellow]" if st.clipped else ""
