@@ -6,6 +6,7 @@ import hashlib
 import math
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from walloc_audio.entropy import EntropyCoder, count_symbols, fit_probabilities
@@ -50,3 +51,38 @@ def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, de
     coder = EntropyCoder(fit_probabilities(counts))
     sha = hashlib.sha256(f"test-{J}-{latent_dim}-{depth}-{seed}".encode()).hexdigest()
     return LoadedModel("test-model", sha, codec, coder, {})
+
+
+# -- tiny MUSDB18-HQ-style sets ---------------------------------------------------------
+STEMS = ("drums", "bass", "other", "vocals")
+RATE = 44100
+TRACKS = {"Alpha - One": 1.5, "Beta - Two": 1.2}
+
+
+def stem_signals(seconds: float, seed: int) -> dict[str, np.ndarray]:
+    """Four distinct stereo stems ``[T, 2]``: a kick-like burst train, a bass tone, noise, a vocal-ish tone."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    drums = (np.exp(-30 * (t % 0.25)) * rng.standard_normal(t.size) * 0.12)[:, None] * [1.0, 0.8]
+    bass = np.stack([0.3 * np.sin(2 * np.pi * 55 * (1 + seed) * t), 0.3 * np.sin(2 * np.pi * 55 * t + 0.3)], 1)
+    other = 0.05 * rng.standard_normal((t.size, 2))
+    vocals = 0.2 * np.sin(2 * np.pi * 440 * t + 3 * np.sin(2 * np.pi * 5 * t))[:, None] * [0.6, 1.0]
+    return {k: v.astype(np.float32) for k, v in zip(STEMS, (drums, bass, other, vocals))}
+
+
+def make_musdb(root, tracks=TRACKS, subset="train", silent_vocals=()):
+    """Write a MUSDB18-HQ-style set; returns ``{track: {stem: [T, 2]}}`` as written (PCM_16 round trip)."""
+    written = {}
+    for i, (name, seconds) in enumerate(tracks.items()):
+        folder = root / subset / name
+        folder.mkdir(parents=True)
+        stems = stem_signals(seconds, seed=i)
+        if name in silent_vocals:
+            stems["vocals"][:] = 0
+        for stem, x in stems.items():
+            sf.write(folder / f"{stem}.wav", x, RATE, subtype="PCM_16")
+        sf.write(folder / "mixture.wav", np.clip(sum(stems.values()), -1, 1), RATE, subtype="PCM_16")
+        written[name] = {s: sf.read(folder / f"{s}.wav", dtype="float32")[0] for s in STEMS}
+    return written
+
+

@@ -7,10 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 from walloc_audio.audio import read_audio
@@ -128,8 +126,6 @@ def test_list_devices(pulse):
 def test_streamed_packets_equal_walloc_audio_encode(tmp_path):
     # `stream` reading a file-like source is not possible (it reads a device), so compare the
     # processor the stream command uses with the CLI encoder at the same settings.
-
-
     from streaming.processor import StreamEncoder
     from walloc_audio.pretrained import load_model
 

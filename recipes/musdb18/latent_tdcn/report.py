@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Stage 4: latent vs waveform side by side -> exp/TAG/results.{md,json} and sdr.svg."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from separation.evaluate import DISCLAIMER, STEMS
+
+
+def svg_bars(rows: dict[str, dict], path: Path) -> None:
+    """A dependency-free grouped bar chart of SDR per stem (one colour per model)."""
+    colours = ["#3b6ea8", "#d9822b", "#5a9e4b", "#9b59b6"]
+    groups = list(STEMS) + ["avg"]
+    vals = {m: [r["aggregate"][g]["SDR"] for g in groups] for m, r in rows.items()}
+    finite = [v for vs in vals.values() for v in vs if v == v]
+    lo, hi = min(0.0, *finite) if finite else 0.0, max(1.0, *finite) if finite else 1.0
+    w, h, pad, gw = 640, 320, 40, (640 - 80) / len(groups)
+    y = lambda v: h - pad - (v - lo) / (hi - lo) * (h - 2 * pad)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<line x1="{pad}" y1="{y(0):.1f}" x2="{w - pad}" y2="{y(0):.1f}" stroke="#444"/>',
+             f'<text x="{pad}" y="16">SDR (dB), median over frames then tracks</text>']
+    bw = gw / (len(rows) + 1)
+    for gi, g in enumerate(groups):
+        x0 = pad + gi * gw
+        parts.append(f'<text x="{x0 + gw / 2 - 14:.1f}" y="{h - 12}">{g}</text>')
+        for mi, (m, vs) in enumerate(vals.items()):
+            v = vs[gi] if vs[gi] == vs[gi] else 0.0
+            top, bottom = sorted((y(v), y(0)))
+            parts.append(f'<rect x="{x0 + (mi + 0.5) * bw:.1f}" y="{top:.1f}" width="{bw * 0.9:.1f}" '
+                         f'height="{bottom - top:.1f}" fill="{colours[mi % 4]}"><title>{m} {g}: {v:.2f} dB</title></rect>')
+    for mi, m in enumerate(vals):
+        parts.append(f'<rect x="{w - 150}" y="{24 + 16 * mi}" width="10" height="10" fill="{colours[mi % 4]}"/>'
+                     f'<text x="{w - 135}" y="{33 + 16 * mi}">{m}</text>')
+    path.write_text("\n".join(parts + ["</svg>"]) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--conf", type=Path, required=True)
+    ap.add_argument("--exp", type=Path, required=True)
+    args = ap.parse_args()
+    conf = yaml.safe_load(args.conf.read_text())
+    rows = {}
+    for m in conf["training"]["models"]:
+        scores, figs = args.exp / m / "scores.json", args.exp / m / "train_figures.json"
+        if scores.exists() and figs.exists():
+            rows[m] = {**json.loads(scores.read_text()), "train": json.loads(figs.read_text())}
+    if not rows:
+        raise SystemExit(f"no scored models under {args.exp}: run stages 2 and 3 first")
+    lines = [f"# Separation results ({args.exp.name})", "",
+             "| model | " + " | ".join(STEMS) + " | avg SDR | masker params | budget | steps | examples/s | "
+             "s/epoch | peak RSS |", "|---|" + "---|" * (len(STEMS) + 7)]
+    for m, r in rows.items():
+        a, t = r["aggregate"], r["train"]
+        sdr = " | ".join(f"{a[s]['SDR']:.2f}" for s in STEMS)
+        lines.append(f"| {m} | {sdr} | {a['avg']['SDR']:.2f} | {t['masker_parameters']:,} | "
+                     f"{t['wall_seconds'] / 60:.1f} min | {t['steps']} | {t['examples_per_second']:.1f} | "
+                     f"{(t['seconds_per_epoch'] or float('nan')):.1f} | {t['peak_rss_mb']:.0f} MB |")
+    excluded = {s: max(r["aggregate"][s]["excluded_silent"] for r in rows.values()) for s in STEMS}
+    lines += ["", f"Test tracks: {len(next(iter(rows.values()))['tracks'])}; silent reference stems excluded: "
+              f"{excluded}. {DISCLAIMER}", "", "![SDR per stem](sdr.svg)"]
+    (args.exp / "results.md").write_text("\n".join(lines) + "\n")
+    (args.exp / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    svg_bars(rows, args.exp / "sdr.svg")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

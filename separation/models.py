@@ -1,0 +1,104 @@
+"""Separation models: Asteroid's encoder -> masker -> decoder split, with WaLLoC as the codec.
+
+The masker never knows what it works on: it maps ``[B, F, K]`` feature frames to
+``n_src`` estimates, exactly as in Conv-TasNet or DPRNN. Two front ends feed it:
+
+* :class:`LatentSeparator` -- the features are WaLLoC latents (``F = L`` latent
+  channels, one frame per ``2**J`` samples). The frozen codec's ``analyze`` is the
+  encoder and its linear decoder the decoder; training never touches audio,
+  only cached latents (:mod:`separation.data`). Because ``analyze`` is linear,
+  the mixture latent is the sum of the stem latents, so the targets are exact.
+* the waveform baseline -- Asteroid's own ConvTasNet (learned 1-D conv filterbank)
+  with the same masker, run on each channel.
+
+Estimates in the latent domain are ``mask * mixture`` (``output="mask"``; latents
+are signed, so the mask activation defaults to linear) or the masker's output
+itself (``output="map"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from walloc_audio.pretrained import LoadedModel
+
+
+def build_masker(kind: str, in_chan: int, n_src: int, mask_act: str, **kw) -> nn.Module:
+    """An Asteroid masker: ``"tdcn"`` (Conv-TasNet's TDConvNet) or ``"dprnn"``."""
+    from asteroid.masknn import DPRNN, TDConvNet
+
+    if kind == "tdcn":
+        return TDConvNet(in_chan, n_src, mask_act=mask_act, **kw)
+    if kind == "dprnn":
+        return DPRNN(in_chan, n_src, mask_act=mask_act, **kw)
+    raise ValueError(f"unknown masker {kind!r} (tdcn | dprnn)")
+
+
+class LatentSeparator(nn.Module):
+    """Latent mixture ``[B, L, K]`` -> latent estimates ``[B, S, L, K]``.
+
+    Args:
+        latent_dim: ``L``.
+        n_src: number of stems ``S``.
+        masker: ``"tdcn"`` or ``"dprnn"``; ``masker_kwargs`` go to it.
+        output: ``"mask"`` (estimate = mask * mixture) or ``"map"``.
+        scale: latents are divided by it before the masker (and multiplied back),
+            so the network sees unit-scale features whatever the codec's scaling.
+    """
+
+    def __init__(self, latent_dim: int, n_src: int = 4, masker: str = "tdcn", output: str = "mask",
+                 mask_act: str = "linear", scale: float = 1.0, **masker_kwargs):
+        super().__init__()
+        assert output in ("mask", "map"), f"output must be mask | map, got {output!r}"
+        self.latent_dim, self.n_src, self.output = latent_dim, n_src, output
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.masker = build_masker(masker, latent_dim, n_src, mask_act, **masker_kwargs)
+        self.config = {"latent_dim": latent_dim, "n_src": n_src, "masker": masker, "output": output,
+                       "mask_act": mask_act, "scale": float(scale), **masker_kwargs}
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        assert z.dim() == 3 and z.shape[1] == self.latent_dim, f"expected [B, {self.latent_dim}, K], got {tuple(z.shape)}"
+        x = z / self.scale
+        out = self.masker(x)  # [B, S, L, K]
+        if self.output == "mask":
+            out = out * x[:, None]
+        return out * self.scale
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class WallocFrontEnd(nn.Module):
+    """The frozen codec as Asteroid-style encoder and decoder for whole-track inference.
+
+    ``encode``: audio ``[B, C, T]`` -> latents ``[B, L, K]`` (T padded to whole frames).
+    ``decode``: latent estimates ``[B, S, L, K]`` -> audio ``[B, S, C, T]``, aligned with
+    the input (the transform's delay removed).
+    """
+
+    def __init__(self, model: LoadedModel):
+        super().__init__()
+        self.model = model
+        for p in model.codec.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.model.config
+        pad = (-x.shape[-1]) % cfg.frame + cfg.flush_frames * cfg.frame
+        return self.model.codec.analyze(torch.nn.functional.pad(x, (0, pad)))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, length: int) -> torch.Tensor:
+        b, s, l, k = z.shape
+        y = self.model.codec.synthesize(z.reshape(b * s, l, k))  # [B*S, C, K*N]
+        d = self.model.config.delay_samples
+        return y[..., d : d + length].reshape(b, s, y.shape[1], length)
+
+
+def waveform_baseline(n_src: int = 4, sample_rate: int = 44100, **kw) -> nn.Module:
+    """Asteroid's ConvTasNet (learned filterbank + the same TDConvNet masker), mono per channel."""
+    from asteroid.models import ConvTasNet
+
+    return ConvTasNet(n_src=n_src, sample_rate=sample_rate, **kw)
