@@ -26,26 +26,24 @@ def test_all_stages_on_a_tiny_set(tmp_path):
             "training.batch_size=2", "training.segment_seconds=1.0", "training.progress=false",
             "masker.kwargs={n_blocks: 2, n_repeats: 1, bn_chan: 16, hid_chan: 32, skip_chan: 16}",
             "waveform.n_filters=32"]
-    cmd = ["bash", str(RECIPE / "run.sh"), "--stage", "0", "--tag", tag, "--root", str(root)]
+    exp = tmp_path / "exp" / tag
+    cmd = ["bash", str(RECIPE / "run.sh"), "--stage", "0", "--tag", tag, "--root", str(root), "--exp-dir", str(exp)]
     for s in sets:
         cmd += ["--set", s]
-    exp = RECIPE / "exp" / tag
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        results = json.loads((exp / "results.json").read_text())
-        assert set(results) == {"latent", "waveform"}
-        for m in results.values():
-            assert m["train"]["steps"] == 3
-            agg = m["aggregate"]
-            assert agg["vocals"]["excluded_silent"] == 1  # the silent reference is not scored
-            assert all(isinstance(agg[s]["SDR"], float) for s in ("drums", "bass", "other", "vocals"))
-        text = (exp / "results.md").read_text()
-        assert "not comparable to published MUSDB18" in text and (exp / "sdr.svg").exists()
-        assert (exp / "conf.yml").exists() and (exp / "cache" / "train" / "index.json").exists()
-        # Rerunning a finished stage resumes instead of starting over.
-        r = subprocess.run(cmd[:2] + ["--stage", "1", "--stop-stage", "1", "--tag", tag], capture_output=True,
-                           text=True, env=env, timeout=300)
-        assert r.returncode == 0 and "up to date" in r.stdout
-    finally:
-        subprocess.run(["rm", "-rf", str(exp)])
+    # Everything the recipe writes stays under tmp_path (--exp-dir).
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads((exp / "results.json").read_text())
+    assert set(results) == {"latent", "waveform"}
+    for m in results.values():
+        assert m["train"]["steps"] == 3
+        agg = m["aggregate"]
+        assert agg["vocals"]["excluded_silent"] == 1  # the silent reference is not scored
+        assert all(isinstance(agg[s]["SDR"], float) for s in ("drums", "bass", "other", "vocals"))
+    text = (exp / "results.md").read_text()
+    assert "not comparable to published MUSDB18" in text and (exp / "sdr.svg").exists()
+    assert (exp / "conf.yml").exists() and (exp / "cache" / "train" / "index.json").exists()
+    # Rerunning a finished stage resumes instead of starting over.
+    r = subprocess.run(cmd[:2] + ["--stage", "1", "--stop-stage", "1", "--tag", tag, "--exp-dir", str(exp)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "up to date" in r.stdout

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Latent-domain (WaLLoC) vs waveform-domain separation, asteroid-recipe style.
 #
-#   ./run.sh [--stage N] [--stop-stage M] [--tag TAG] [--root MUSDB_ROOT] [--set key=value]... [-- lightning flags]
+#   ./run.sh [--stage N] [--stop-stage M] [--tag TAG] [--root MUSDB_ROOT] [--exp-dir DIR] [--set key=value]...
+#            [-- lightning flags]    (results go to exp/TAG, or to DIR)
 #
 # Stages: 0 prepare data (build the local MUSDB-style set unless --root is given)
 #         1 cache latents   2 train (both models, same wall-clock budget)
@@ -10,20 +11,21 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-stage=0; stop_stage=4; tag=""; root=""; sets=(); lightning=()
+stage=0; stop_stage=4; tag=""; root=""; exp=""; sets=(); lightning=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --root) root=$2; shift 2 ;;
+    --exp-dir) exp=$2; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
     --) shift; lightning=("$@"); break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 tag=${tag:-$(date +%Y%m%d-%H%M%S)}
-exp=exp/$tag
+exp=${exp:-exp/$tag}
 local_root=${WALLOC_DATA:-$HOME/walloc-data}/musdb-local
 mkdir -p "$exp"
 
