@@ -7,7 +7,7 @@ LOCK := requirements/lock.txt
 VENV_ROOT ?= $(HOME)/.cache/walloc-audio
 VENV := $(VENV_ROOT)/venv-$(shell cat $(LOCK) requirements/pip.txt | sha256sum | cut -c1-16)
 BIN := $(VENV)/bin
-APT_PACKAGES := ffmpeg libportaudio2 pulseaudio pulseaudio-utils
+APT_PACKAGES := ffmpeg libportaudio2 pulseaudio pulseaudio-utils fluidsynth fluid-soundfont-gm
 STAMP := $(VENV)/.complete
 
 .PHONY: demo test setup system-deps venv install bench clean-venv
@@ -24,11 +24,13 @@ bench: install
 setup: install
 
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 # No file prerequisites: the venv's name already carries the hash of the lock, and a
