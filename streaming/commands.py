@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Optional
 
-import numpy as np
-
+from walloc_audio.bitstream import unpack_packet
+from walloc_audio.codec_stream import OutputTrim
 from walloc_audio.errors import WallocError
 from walloc_audio.fsutil import STDIO, atomic_output
 from walloc_audio.pretrained import DEFAULT_MODEL, load_model
@@ -122,10 +122,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
                     stats["packets"] += 1
                     stats["bytes"] += len(data)
                     if dec is not None:
-                        from walloc_audio.bitstream import unpack_packet
-
-                        packet, _ = unpack_packet(data, 0, header)
-                        speaker.write(dec.process(packet))
+                        speaker.write(dec.process(unpack_packet(data, 0, header)[0]))
                 elapsed = max(time.monotonic() - t0, 1e-3)
                 buffer_ms = _ms(mic.queued_blocks * block_size, mic.sample_rate)
                 if speaker is not None:
@@ -155,7 +152,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
     """Network / file / stdin -> decoder -> speaker and/or an audio file."""
     from walloc_audio.audio import AudioWriter
 
-    from .live import AudioOutput
+    from .live import AudioOutput, peak_db
     from .panel import LivePanel
     from .transport import open_receiver
 
@@ -182,12 +179,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
         if play:
             speaker = stack.enter_context(AudioOutput(output_device, cfg.sample_rate, channels, block_size))
         panel = stack.enter_context(LivePanel(f"walloc-audio listen ({model.name})", disable=True if quiet else None))
-        skip = cfg.delay_samples  # decoded audio starts with the transform's delay
-        # The file keeps the newest `hold` samples back until the end packet says
-        # where the audio ends (the stream carries a flush tail past it).
-        hold = (header.frames_per_packet + cfg.flush_frames + 1) * cfg.frame
-        pending = np.zeros((channels, 0), dtype=np.float32)
-        written = 0
+        trim = OutputTrim.for_stream(cfg, header.frames_per_packet, channels)
         limit = None if seconds is None else int(seconds * cfg.sample_rate)
         algo_ms = _ms(dec.latency_samples, cfg.sample_rate)
         t0 = time.monotonic()
@@ -213,20 +205,16 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
                     break
                 else:
                     continue
-                if skip:
-                    cut = min(skip, pcm.shape[1])
-                    pcm, skip = pcm[:, cut:], skip - cut
+                pcm = trim.align(pcm)
                 if channels == 1:
                     pcm = pcm.mean(axis=0, keepdims=True)
                 if end is None and limit is not None:
                     pcm = pcm[:, : max(0, limit - stats["samples"])]
                 stats["samples"] += pcm.shape[1]
                 if writer is not None and pcm.shape[1]:
-                    pending = np.concatenate([pending, pcm], axis=1)
-                    if pending.shape[1] > hold:
-                        writer.write(pending[:, : pending.shape[1] - hold])
-                        written += pending.shape[1] - hold
-                        pending = pending[:, pending.shape[1] - hold :]
+                    out = trim.release(pcm)
+                    if out.shape[1]:
+                        writer.write(out)
                 if speaker is not None and pcm.shape[1]:
                     # A file arrives faster than real time: pace it to the device.
                     while speaker.buffered_samples > cfg.sample_rate // 4 and not stop.is_set():
@@ -236,7 +224,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
                 buffer_ms = _ms(jitter_packets * header.frames_per_packet * cfg.frame, cfg.sample_rate)
                 if speaker is not None:
                     buffer_ms += _ms(speaker.buffered_samples, cfg.sample_rate)
-                panel.update(out_db=float(20 * np.log10(max(np.abs(pcm).max(initial=0.0), 1e-10))),
+                panel.update(out_db=peak_db(pcm),
                              kbps=8 * stats["bytes"] / elapsed / 1000, algo_ms=algo_ms, buffer_ms=buffer_ms,
                              received=stats["packets"], lost=stats["lost"], concealed=dec.stats["concealed_frames"],
                              xruns=speaker.stats if speaker else 0)
@@ -244,9 +232,8 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
                     break
         interrupted = stop.is_set()
         if writer is not None:
-            rest = pending.shape[1] if end is None else max(0, min(pending.shape[1], end[0] - written))
-            writer.write(pending[:, :rest])
-            stats["samples"] = written + rest
+            writer.write(trim.finish(None if end is None else end[0], strict=False))
+            stats["samples"] = trim.written
         if speaker is not None and not interrupted:
             speaker.drain(timeout=5.0)
         stats.update(transport=dict(getattr(rx, "stats", {})))

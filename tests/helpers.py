@@ -42,7 +42,6 @@ def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, de
             torch.nn.init.normal_(codec.decoder.net[-1].weight, std=1e-3)
         if post_filter:  # a mild low-pass, so a state bug would show
             codec.post_filter.copy_(torch.linspace(1.0, 0.2, post_filter).expand(2, -1) / 3.0)
-    codec.bottleneck.invalidate()
     codec.eval()
     x = torch.from_numpy(tones(2.0, freqs=(110.0, 440.0)))[None]
     x = x[..., : x.shape[-1] // p * p]

@@ -98,6 +98,3 @@ class Bottleneck(nn.Module):
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         """Symbols ``[..., L, K]`` -> latents (float32)."""
         return self.expand(q.to(torch.float32)) * self.step().detach()[:, None]
-
-    def invalidate(self) -> None:
-        """Kept for callers that changed ``log_step`` in place (nothing is cached now)."""

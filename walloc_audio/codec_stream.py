@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import BitstreamError
 from .framefir import FrameFIR, fir_frames
 from .pretrained import LoadedModel
 from .wavelets import frames_from_signal, signal_from_frames
@@ -219,3 +220,53 @@ class PacketDecoder:
         frames = ready.reshape(c.channels, c.frame, -1).permute(2, 0, 1).contiguous()
         out = self._fir.process(frames)  # [K, C, N]
         return signal_from_frames(out, 1)[:, 0].numpy()
+
+
+class OutputTrim:
+    """Lines decoded PCM up with the input it came from, for writers.
+
+    ``align`` drops the transform's delay at the start of the stream. ``release``
+    holds back the newest ``hold`` samples: a stream carries a flush tail past the
+    end of the audio, and only the end packet says where the audio ends. ``finish``
+    then releases what belongs to the audio. Memory stays bounded by ``hold``
+    whatever the stream's length.
+    """
+
+    def __init__(self, delay: int, hold: int, channels: int):
+        self._skip, self.hold = delay, hold
+        self._pending = np.zeros((channels, 0), dtype=np.float32)
+        self.written = 0
+
+    @classmethod
+    def for_stream(cls, config, frames_per_packet: int, channels: int) -> "OutputTrim":
+        """The tail is at most a packet plus the flush frames (one frame of rounding)."""
+        return cls(config.delay_samples, (frames_per_packet + config.flush_frames + 1) * config.frame, channels)
+
+    def align(self, pcm: np.ndarray) -> np.ndarray:
+        if self._skip:
+            cut = min(self._skip, pcm.shape[1])
+            pcm, self._skip = pcm[:, cut:], self._skip - cut
+        return pcm
+
+    def release(self, pcm: np.ndarray) -> np.ndarray:
+        """Append aligned PCM; return the samples that are certainly inside the audio."""
+        self._pending = np.concatenate([self._pending, pcm], axis=1)
+        n = max(0, self._pending.shape[1] - self.hold)
+        out, self._pending = self._pending[:, :n], self._pending[:, n:]
+        self.written += n
+        return out
+
+    def finish(self, num_samples: int | None, strict: bool = True) -> np.ndarray:
+        """The rest up to ``num_samples`` in all (everything held when None).
+
+        ``strict``: a count the held samples cannot meet is an error (a file);
+        otherwise it is clamped (a live stream that lost its last packets).
+        """
+        held = self._pending.shape[1]
+        rest = held if num_samples is None else num_samples - self.written
+        if not 0 <= rest <= held:
+            if strict:
+                raise BitstreamError("end packet's sample count does not match the packets")
+            rest = min(max(rest, 0), held)
+        self.written += rest
+        return self._pending[:, :rest]

@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .audio import AudioReader, AudioWriter
 from .bitstream import BitstreamReader, BitstreamWriter, StreamHeader
-from .codec_stream import PacketDecoder, PacketEncoder
+from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder
 from .errors import AudioError, BitstreamError
 from .fsutil import STDIO, atomic_output
 from .pretrained import LoadedModel, load_model
@@ -153,36 +153,24 @@ def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tup
     if h.channel_mode == "mono":
         out_channels = 1
     dec = PacketDecoder(model)
-    skip = cfg.delay_samples
-    # The stream holds up to a packet plus the flush of extra samples after the
-    # end; how many is known only at the end packet, so the newest `hold`
-    # samples wait in memory until then (bounded, whatever the file length).
-    hold = (h.frames_per_packet + cfg.flush_frames + 1) * cfg.frame
-    pending = np.zeros((out_channels, 0), dtype=np.float32)
-    written = 0
+    trim = OutputTrim.for_stream(cfg, h.frames_per_packet, out_channels)
     with atomic_output(dst, overwrite=overwrite, inputs=list(inputs)) as tmp:
         with AudioWriter(tmp, cfg.sample_rate, out_channels, out_rate=h.source_sample_rate, subtype=subtype,
                          name=dst) as w:
             for group in _groups(reader, 16):
                 for pcm in dec.decode_many(group):
-                    if skip:
-                        cut = min(skip, pcm.shape[1])
-                        pcm, skip = pcm[:, cut:], skip - cut
+                    pcm = trim.align(pcm)
                     if h.channel_mode == "mono":
                         pcm = pcm.mean(axis=0, keepdims=True)
-                    pending = np.concatenate([pending, pcm], axis=1)
-                if pending.shape[1] > hold:
-                    w.write(pending[:, : pending.shape[1] - hold])
-                    written += pending.shape[1] - hold
-                    pending = pending[:, pending.shape[1] - hold :]
+                    out = trim.release(pcm)
+                    if out.shape[1]:
+                        w.write(out)
                 if progress:
                     progress(sum(frames for frames, _ in group) * cfg.frame / cfg.sample_rate)
-            rest = reader.num_samples - written
-            if rest < 0 or rest > pending.shape[1]:
-                raise BitstreamError("end packet's sample count does not match the packets")
-            if rest:
-                w.write(pending[:, :rest])
-            written += rest
+            rest = trim.finish(reader.num_samples)
+            if rest.shape[1]:
+                w.write(rest)
+    written = trim.written
     return DecodeStats(written, cfg.sample_rate, out_channels, time.perf_counter() - t0)
 
 

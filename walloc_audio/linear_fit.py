@@ -82,7 +82,6 @@ def linear_codec(config: CodecConfig, covariance: np.ndarray, step: float) -> Wa
         codec.encoder.copy_(torch.from_numpy(basis))
         codec.decoder.linear.copy_(torch.from_numpy(basis.T.copy()))
         codec.bottleneck.log_step.fill_(math.log(step))
-    codec.bottleneck.invalidate()
     codec.eval()
     return codec
 

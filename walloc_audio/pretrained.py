@@ -107,7 +107,6 @@ def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None) ->
     except RuntimeError as exc:
         raise ModelError(f"model {name!r}: weights do not match its config ({str(exc).splitlines()[0]})") from None
     codec.eval()
-    codec.bottleneck.invalidate()
     return LoadedModel(name, sha, codec, EntropyCoder(probs.numpy()), info)
 
 
