@@ -168,7 +168,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
         kind, header = event if event is not None else ("none", None)
         if kind != "header":
             raise WallocError(f"{url}: stream did not start with a header")
-        model = load_model(header.model, expected_sha256=header.model_sha256)
+        model = load_model(header.model, expected_sha256=header.model_sha256).with_step_scale(header.step_scale)
         cfg = model.config
         dec = StreamDecoder(model, header.frames_per_packet)
         channels = 1 if header.channel_mode == "mono" else cfg.channels

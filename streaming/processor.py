@@ -76,7 +76,7 @@ class StreamEncoder:
             model=self.model.name, model_sha256=self.model.sha256, sample_rate=c.sample_rate, channels=c.channels,
             J=c.J, latent_dim=c.latent_dim, frames_per_packet=self.frames_per_packet,
             source_sample_rate=self.sample_rate, source_channels=self.channels, channel_mode=self.channel_mode,
-            encoder_version=__version__, extra={"group_packets": 1},
+            encoder_version=__version__, step_scale=self.model.step_scale, extra={"group_packets": 1},
         )
 
     def header_bytes(self) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from walloc_audio.entropy import EntropyCoder, count_symbols, fit_probabilities
+from walloc_audio.entropy import ContextCoder, EntropyCoder, count_symbols, fit_context_model, fit_probabilities
 from walloc_audio.model import CodecConfig, WallocCodec
 from walloc_audio.pretrained import LoadedModel
 
@@ -23,13 +23,14 @@ def tones(seconds: float = 1.0, rate: int = 44100, freqs=(220.0, 330.0), amp: fl
 
 
 def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, depth: int = 0, width: int = 16,
-               lookahead: int = 0, seed: int = 0, post_filter: int = 0) -> LoadedModel:
+               lookahead: int = 0, seed: int = 0, post_filter: int = 0, entropy: str = "static") -> LoadedModel:
     """A codec whose encoder keeps the lowest-frequency packets (an orthonormal choice)."""
     torch.manual_seed(seed)
     p = 2**J
     latent_dim = latent_dim or p  # half the coefficients of a stereo signal by default
     cfg = CodecConfig(J=J, latent_dim=latent_dim, latent_bits=12, compand_knee=64.0, decoder_width=width if depth else 0,
-                      decoder_depth=depth, lookahead_frames=lookahead, post_filter_taps=post_filter)
+                      decoder_depth=depth, lookahead_frames=lookahead, post_filter_taps=post_filter,
+                      entropy=entropy)
     codec = WallocCodec(cfg)
     order = np.argsort(np.tile(np.arange(p), 2), kind="stable")[:latent_dim]  # low bands of both channels first
     enc = torch.zeros(latent_dim, 2 * p)
@@ -46,8 +47,13 @@ def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, de
     x = torch.from_numpy(tones(2.0, freqs=(110.0, 440.0)))[None]
     x = x[..., : x.shape[-1] // p * p]
     with torch.no_grad():
-        counts = count_symbols(codec.encode(x)[0], codec.bottleneck.max_symbol)
-    coder = EntropyCoder(fit_probabilities(counts))
+        q = codec.encode(x)[0]
+        counts = count_symbols(q, codec.bottleneck.max_symbol)
+    if entropy == "context":
+        coder = ContextCoder(*fit_context_model([q.numpy()], [q.numpy().astype(np.float32)], 16),
+                             codec.bottleneck.max_symbol)
+    else:
+        coder = EntropyCoder(fit_probabilities(counts))
     sha = hashlib.sha256(f"test-{J}-{latent_dim}-{depth}-{seed}".encode()).hexdigest()
     return LoadedModel("test-model", sha, codec, coder, {})
 

@@ -54,6 +54,7 @@ class StreamHeader:
     source_channels: int
     channel_mode: str = "native"
     encoder_version: str = ""
+    step_scale: float = 1.0  # quantizer step / the model's (the bitrate knob); absent in older files
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -70,6 +71,8 @@ class StreamHeader:
             check(type(v) is int and lo <= v <= hi, f"{name}={v!r} outside {lo}..{hi}")
         check(type(self.latent_dim) is int and 1 <= self.latent_dim <= self.channels * 2**self.J,
               f"latent_dim={self.latent_dim!r}")
+        check(type(self.step_scale) in (int, float) and 0.125 <= self.step_scale <= 8.0,
+              f"step_scale={self.step_scale!r} outside 0.125..8")
         check(self.channel_mode in ("native", "mono", "downmix"), f"channel_mode={self.channel_mode!r}")
         check(isinstance(self.encoder_version, str) and isinstance(self.extra, dict), "types")
 

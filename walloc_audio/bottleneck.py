@@ -96,5 +96,5 @@ class Bottleneck(nn.Module):
 
     @torch.no_grad()
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
-        """Symbols ``[..., L, K]`` -> latents (float32)."""
+        """Symbols (or reconstruction points in symbol units) ``[..., L, K]`` -> latents (float32)."""
         return self.expand(q.to(torch.float32)) * self.step().detach()[:, None]

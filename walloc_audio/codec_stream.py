@@ -165,8 +165,14 @@ class PacketDecoder:
         """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
         bn = self.model.codec.bottleneck
         with torch.no_grad():
-            z = torch.cat([bn.dequantize(torch.from_numpy(self.model.coder.decode(p, f))) for f, p in packets], dim=1)
+            z = torch.cat([bn.dequantize(torch.from_numpy(self._values(f, p))) for f, p in packets], dim=1)
         return self.synthesize(z, [f for f, _ in packets])
+
+    def _values(self, frames: int, payload: bytes) -> np.ndarray:
+        """Reconstruction points of one packet's symbols (bin centroids where the coder knows them)."""
+        coder = self.model.coder
+        q = coder.decode(payload, frames)
+        return coder.reconstruct(q) if hasattr(coder, "reconstruct") else q
 
     def synthesize(self, z: torch.Tensor, sizes: Sequence[int]) -> list[np.ndarray]:
         """Dequantized latents ``[L, sum(sizes)]`` -> PCM, split into ``len(sizes)`` pieces."""

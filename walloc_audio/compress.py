@@ -80,20 +80,23 @@ def channel_mode_for(source_channels: int, model_channels: int, downmix: bool, n
 
 
 def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames_per_packet: int = 64,
-                  downmix: bool = False, progress: Progress | None = None, group_packets: int = 4) -> EncodeStats:
+                  downmix: bool = False, progress: Progress | None = None, group_packets: int = 4,
+                  step_scale: float = 1.0) -> EncodeStats:
     """Encode everything ``reader`` yields into the ``.wlc`` stream ``out``.
 
     The bytes depend only on the audio, the model, ``frames_per_packet`` and
     ``group_packets`` -- not on how the reader cut the audio into blocks.
     """
     t0 = time.perf_counter()
+    model = model.with_step_scale(step_scale)
     cfg = model.config
     mode = channel_mode_for(reader.channels, cfg.channels, downmix, reader.name)
     header = StreamHeader(
         model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
         J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
         source_sample_rate=int(reader.source_rate or reader.sample_rate), source_channels=reader.channels,
-        channel_mode=mode, encoder_version=__version__, extra={"group_packets": group_packets},
+        channel_mode=mode, encoder_version=__version__, step_scale=model.step_scale,
+        extra={"group_packets": group_packets},
     )
     writer = BitstreamWriter(out, header)
     enc = PacketEncoder(model, frames_per_packet, group_packets)
@@ -117,16 +120,18 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
 
 def compress_file(src: str, dst: str, model: LoadedModel | None = None, *, overwrite: bool = False,
                   frames_per_packet: int = 64, downmix: bool = False,
-                  progress: Progress | None = None, group_packets: int = 4) -> EncodeStats:
+                  progress: Progress | None = None, group_packets: int = 4, step_scale: float = 1.0) -> EncodeStats:
     """Encode audio file ``src`` (or ``-``) to ``dst`` (or ``-``) atomically."""
     model = model or load_model()
     with AudioReader(src, sample_rate=model.config.sample_rate, block_frames=1 << 18) as reader:
         with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
             if tmp == STDIO:
                 buf = sys.stdout.buffer
-                return encode_stream(reader, buf, model, frames_per_packet, downmix, progress, group_packets)
+                return encode_stream(reader, buf, model, frames_per_packet, downmix, progress, group_packets,
+                                     step_scale)
             with open(tmp, "wb") as f:
-                return encode_stream(reader, f, model, frames_per_packet, downmix, progress, group_packets)
+                return encode_stream(reader, f, model, frames_per_packet, downmix, progress, group_packets,
+                                     step_scale)
 
 
 @dataclass
@@ -146,6 +151,7 @@ def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tup
     h = reader.header
     if model is None or model.name != h.model or model.sha256 != h.model_sha256:
         model = load_model(h.model, expected_sha256=h.model_sha256)
+    model = model.with_step_scale(h.step_scale)
     cfg = model.config
     if (cfg.sample_rate, cfg.channels, cfg.J, cfg.latent_dim) != (h.sample_rate, h.channels, h.J, h.latent_dim):
         raise BitstreamError(f"header does not match model {h.model!r} (rate/channels/J/latent_dim)")

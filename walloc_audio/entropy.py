@@ -84,3 +84,223 @@ class EntropyCoder:
         except Exception as exc:  # constriction raises plain errors on garbage
             raise BitstreamError(f"packet payload cannot be range-decoded ({exc})") from None
         return out - self.max_symbol
+
+
+# -- step scaling of the static model ---------------------------------------------------------
+
+def rebin_probabilities(probabilities: np.ndarray, step_scale: float) -> np.ndarray:
+    """The static tables for a quantizer step ``step_scale`` times the fitted one.
+
+    Symbol ``k`` at the new step covers ``[(k - 1/2) s, (k + 1/2) s]`` in units of
+    the old step; its mass is read off the old table's CDF, taking mass uniform
+    within each old bin. Only sequential float64 sums and linear interpolation
+    are used, so encoder and decoder derive the same table bit for bit.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    L, S = p.shape
+    A = S // 2
+    edges_old = np.arange(-A - 0.5, A + 1.0)  # S + 1 bin edges
+    cdf = np.concatenate([np.zeros((L, 1)), np.cumsum(p, axis=1)], axis=1)
+    edges_new = np.clip(np.arange(-A - 0.5, A + 1.0) * float(step_scale), edges_old[0], edges_old[-1])
+    out = np.empty_like(p)
+    for k in range(L):
+        c = np.interp(edges_new, edges_old, cdf[k])
+        out[k] = np.diff(c)
+    out = np.maximum(out, 1e-9)
+    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# -- context-adaptive model ---------------------------------------------------------------------
+
+def context_thresholds(buckets: int) -> np.ndarray:
+    """Feature thresholds of the context buckets ``1..buckets-1`` (geometric, factor 2**(2/3))."""
+    t = np.unique(np.round(2.0 ** (np.arange(1, 4 * buckets) / 1.5)) - 1.0)
+    return t[t > 0][: buckets - 2].astype(np.float64)
+
+
+def context_features(q: np.ndarray) -> np.ndarray:
+    """Activity of each symbol's causal neighbourhood inside its packet, ``[L, F]`` int64.
+
+    ``f[c, t] = 2|q[c, t-1]| + |q[c, t-2]| + |q[c-1, t-1]| + |q[c+1, t-1]|``
+    (a missing ``t-2`` repeats ``t-1``; a missing neighbour channel repeats the
+    other). Only earlier frames of the same packet are used: a whole frame's
+    contexts are known before it is decoded (one vectorised call per frame) and
+    every packet still decodes alone. ``t = 0`` has no history: feature -1.
+    """
+    a = np.abs(q.astype(np.int64))
+    L, F = a.shape
+    f = np.full((L, F), -1, dtype=np.int64)
+    if F > 1:
+        p1 = a[:, :-1]
+        p2 = np.concatenate([a[:, :1], a[:, :-2]], axis=1) if F > 2 else p1
+        lo = np.concatenate([p1[1:2], p1[:-1]], axis=0) if L > 1 else p1
+        hi = np.concatenate([p1[1:], p1[-2:-1]], axis=0) if L > 1 else p1
+        f[:, 1:] = 2 * p1 + p2 + lo + hi
+    return f
+
+
+def frame_features(prev1: np.ndarray, prev2: np.ndarray) -> np.ndarray:
+    """:func:`context_features` of one frame from the two frames before it (``[L]`` each)."""
+    a1, a2 = np.abs(prev1.astype(np.int64)), np.abs(prev2.astype(np.int64))
+    if a1.size > 1:
+        lo = np.concatenate([a1[1:2], a1[:-1]])
+        hi = np.concatenate([a1[1:], a1[-2:-1]])
+    else:
+        lo = hi = a1
+    return 2 * a1 + a2 + lo + hi
+
+
+def laplace_bin_probability(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """P(round(x) = q) for x ~ Laplace(0, scale) (unclipped; for fitting and ideal code lengths)."""
+    q = np.abs(np.asarray(q, dtype=np.float64))
+    b = np.asarray(scale, dtype=np.float64)
+    zero = 1.0 - np.exp(-0.5 / b)
+    other = 0.5 * (np.exp(-(q - 0.5) / b) - np.exp(-(q + 0.5) / b))
+    return np.where(q == 0, zero, other)
+
+
+class ContextCoder:
+    """Range coder over context-adaptive quantized Laplace models.
+
+    Symbol ``q[c, t]`` is coded with a Laplace of scale ``scales[c, bucket]``,
+    where ``bucket`` quantizes :func:`context_features` on ``thresholds``
+    (bucket 0: the first frame of a packet, with no history). Music is loud and
+    quiet in turns; the previous frames' magnitudes predict the current
+    spread, which a static table cannot follow. ``offsets[c, bucket]`` is the
+    decoder's reconstruction point inside a nonzero bin (the bin's centroid,
+    measured on training data), a free gain at low rates.
+
+    ``step_scale`` ``s``: the quantizer's step is ``s`` times the fitted one, so
+    symbols shrink by ``1/s``; features are multiplied by ``s`` before
+    bucketing and scales divided by it. Everything the decoder derives from
+    the symbols uses integer or exactly rounded arithmetic.
+    """
+
+    def __init__(self, scales: np.ndarray, offsets: np.ndarray, thresholds: np.ndarray, max_symbol: int,
+                 step_scale: float = 1.0):
+        self.scales = np.ascontiguousarray(scales, dtype=np.float32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.float32)
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        if self.scales.ndim != 2 or self.scales.shape != self.offsets.shape:
+            raise ValueError("context scales/offsets must be [L, B] of the same shape")
+        if self.scales.shape[1] != self.thresholds.size + 2:
+            raise ValueError("context tables need len(thresholds) + 2 buckets")
+        if not np.all(np.isfinite(self.scales)) or not np.all(self.scales > 0):
+            raise ValueError("context scales must be positive and finite")
+        if not np.all(np.diff(self.thresholds) > 0):
+            raise ValueError("context thresholds must increase")
+        self.channels = self.scales.shape[0]
+        self.max_symbol = int(max_symbol)
+        self.step_scale = float(step_scale)
+        self._family = constriction.stream.model.QuantizedLaplace(-self.max_symbol, self.max_symbol)
+        s = self.step_scale
+        self._scale64 = np.maximum(self.scales.astype(np.float64) / s, 1e-3)
+        self._rows = np.arange(self.channels)
+
+    def scaled(self, step_scale: float) -> "ContextCoder":
+        return ContextCoder(self.scales, self.offsets, self.thresholds, self.max_symbol, step_scale)
+
+    def buckets(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features)
+        fs = f * self.step_scale if self.step_scale != 1.0 else f
+        b = np.searchsorted(self.thresholds, fs, side="right") + 1
+        return np.where(f < 0, 0, b)
+
+    def _params(self, buckets: np.ndarray) -> np.ndarray:
+        return self._scale64[self._rows[:, None] if buckets.ndim == 2 else self._rows, buckets]
+
+    def bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length of ``[L, F]`` symbols (one packet) in bits."""
+        sc = self._params(self.buckets(context_features(symbols)))
+        return float(-np.log2(np.maximum(laplace_bin_probability(symbols, sc), 1e-12)).sum())
+
+    def encode(self, symbols: np.ndarray) -> bytes:
+        """Symbols ``[L, F]`` -> payload, coded frame by frame (the order the decoder needs)."""
+        assert symbols.ndim == 2 and symbols.shape[0] == self.channels, (
+            f"expected symbols [{self.channels}, F], got {symbols.shape}"
+        )
+        q = np.ascontiguousarray(symbols, dtype=np.int32)
+        sc = self._params(self.buckets(context_features(q)))
+        enc = constriction.stream.queue.RangeEncoder()
+        enc.encode(np.ascontiguousarray(q.T).ravel(), self._family, np.zeros(q.size), np.ascontiguousarray(sc.T).ravel())
+        return enc.get_compressed().tobytes()
+
+    def decode(self, payload: bytes, frames: int) -> np.ndarray:
+        if len(payload) % 4:
+            raise BitstreamError("packet payload is not a whole number of 32-bit words")
+        words = np.frombuffer(payload, dtype=np.uint32).copy()
+        out = np.empty((self.channels, frames), dtype=np.int32)
+        zeros = np.zeros(self.channels)
+        try:
+            dec = constriction.stream.queue.RangeDecoder(words)
+            for t in range(frames):
+                if t == 0:
+                    b = np.zeros(self.channels, dtype=np.int64)
+                else:
+                    b = self.buckets(frame_features(out[:, t - 1], out[:, t - 2 if t >= 2 else t - 1]))
+                out[:, t] = dec.decode(self._family, zeros, self._scale64[self._rows, b])
+        except Exception as exc:
+            raise BitstreamError(f"packet payload cannot be range-decoded ({exc})") from None
+        return out
+
+    def reconstruct(self, symbols: np.ndarray) -> np.ndarray:
+        """Reconstruction points (companded domain) of symbols ``[L, F]``: bin centroids."""
+        q = np.asarray(symbols)
+        off = self.offsets[self._rows[:, None], self.buckets(context_features(q))]
+        return (q - np.sign(q) * off).astype(np.float32)
+
+
+def fit_context_model(symbols: list[np.ndarray], values: list[np.ndarray], packet_frames: int = 64,
+                      buckets: int = 16, max_symbol: int = 2047) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit ``(scales, offsets, thresholds)`` of a :class:`ContextCoder`.
+
+    ``symbols``: ``[L, K]`` integer arrays of training clips; ``values``: their
+    companded latents (before rounding), for the centroids. Clips are cut into
+    packets of ``packet_frames`` as the coder sees them, plus 2-frame packets so
+    live streams' first frames are represented too. Each ``(channel, bucket)``
+    gets the Laplace scale minimising the code length of its magnitudes (a grid
+    search over histograms), and the mean ``|q| - |v|`` of its nonzero symbols.
+    """
+    thresholds = context_thresholds(buckets)
+    L = symbols[0].shape[0]
+    H = 64  # magnitudes >= H are pooled into a tail bin for the scale search
+    hist = np.zeros((L, buckets, H + 1))
+    tail = np.zeros((L, buckets))
+    off_sum = np.zeros((L, buckets))
+    off_n = np.zeros((L, buckets))
+    probe = ContextCoder(np.ones((L, buckets)), np.zeros((L, buckets)), thresholds, max_symbol)
+    rows = np.arange(L)[:, None]
+    for q, v in zip(symbols, values):
+        for F in (packet_frames, 2):
+            for s in range(0, q.shape[1], F):
+                qq, vv = q[:, s : s + F], v[:, s : s + F]
+                b = probe.buckets(context_features(qq))
+                a = np.abs(qq)
+                np.add.at(hist, (np.broadcast_to(rows, a.shape), b, np.minimum(a, H)), 1)
+                big = a >= H
+                if big.any():
+                    np.add.at(tail, (np.broadcast_to(rows, a.shape)[big], b[big]), a[big])
+                nz = a > 0
+                np.add.at(off_sum, (np.broadcast_to(rows, a.shape)[nz], b[nz]), (a - np.abs(vv))[nz])
+                np.add.at(off_n, (np.broadcast_to(rows, a.shape)[nz], b[nz]), 1)
+    grid = np.exp(np.linspace(np.log(0.02), np.log(2000.0), 240))
+    mags = np.arange(H + 1, dtype=np.float64)
+    # -log p(k | b) for every grid scale and magnitude (k >= 1 counts both signs: + log 2 not needed,
+    # it is the same for every scale); the tail bin's cost uses its mean magnitude.
+    logp = -np.log(np.maximum(laplace_bin_probability(mags[None, :], grid[:, None]), 1e-300))  # [G, H+1]
+    cost = np.einsum("lbh,gh->lbg", hist[..., :H], logp[:, :H])
+    n_tail = hist[..., H]
+    mean_tail = np.where(n_tail > 0, tail / np.maximum(n_tail, 1), H)
+    tail_cost = n_tail[..., None] * -np.log(np.maximum(
+        laplace_bin_probability(mean_tail[..., None], grid[None, None, :]), 1e-300))
+    cost = cost + tail_cost
+    scales = grid[cost.argmin(axis=-1)]
+    empty = hist.sum(-1) == 0
+    # Buckets never seen in training borrow the nearest seen bucket of the same channel.
+    for c in range(L):
+        seen = np.flatnonzero(~empty[c])
+        if seen.size:
+            for b in np.flatnonzero(empty[c]):
+                scales[c, b] = scales[c, seen[np.abs(seen - b).argmin()]]
+    offsets = np.clip(np.where(off_n > 0, off_sum / np.maximum(off_n, 1), 0.0), -0.5, 0.5)
+    return scales.astype(np.float32), offsets.astype(np.float32), thresholds

@@ -41,6 +41,7 @@ class CodecConfig:
     decoder_kernel: int = 3
     lookahead_frames: int = 0
     post_filter_taps: int = 0  # causal per-channel FIR on the output PCM (0 = none)
+    entropy: str = "static"  # "static": per-channel tables; "context": context-adaptive Laplace
 
     def __post_init__(self):
         if not 1 <= self.channels <= 16:
@@ -51,6 +52,8 @@ class CodecConfig:
             raise ValueError(f"latent_dim must be 1..{self.channels * 2**self.J}, got {self.latent_dim}")
         if not 0 <= self.post_filter_taps <= 1024:
             raise ValueError(f"post_filter_taps must be 0..1024, got {self.post_filter_taps}")
+        if self.entropy not in ("static", "context"):
+            raise ValueError(f"entropy must be 'static' or 'context', got {self.entropy!r}")
         if not 8000 <= self.sample_rate <= 384000:
             raise ValueError(f"sample_rate out of range: {self.sample_rate}")
 

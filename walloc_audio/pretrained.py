@@ -9,10 +9,12 @@ the package.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +22,15 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .entropy import EntropyCoder
+from .entropy import ContextCoder, EntropyCoder, rebin_probabilities
 from .errors import ModelError
 from .model import CodecConfig, WallocCodec
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "stereo-5x-linear"
 MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+MIN_STEP_SCALE, MAX_STEP_SCALE = 0.125, 8.0
+CONTEXT_KEYS = ("entropy.scales", "entropy.offsets", "entropy.thresholds")
 
 
 @dataclass
@@ -36,12 +40,39 @@ class LoadedModel:
     name: str
     sha256: str
     codec: WallocCodec
-    coder: EntropyCoder
+    coder: EntropyCoder | ContextCoder
     info: dict
+    step_scale: float = 1.0
+    base: "LoadedModel | None" = field(default=None, repr=False)  # the model at step scale 1
 
     @property
     def config(self) -> CodecConfig:
         return self.codec.config
+
+    def with_step_scale(self, step_scale: float) -> "LoadedModel":
+        """This model with its quantizer step multiplied by ``step_scale`` (the bitrate knob).
+
+        Larger steps mean fewer kbps and more noise. The entropy model follows
+        (static tables are re-binned, context scales divided); encoder and
+        decoder derive the same coder from the model and ``step_scale``, which
+        the stream header carries.
+        """
+        s = float(step_scale)
+        if not (math.isfinite(s) and MIN_STEP_SCALE <= s <= MAX_STEP_SCALE):
+            raise ModelError(f"step scale must be {MIN_STEP_SCALE}..{MAX_STEP_SCALE}, got {step_scale}")
+        if s == self.step_scale:
+            return self
+        base = self.base or self
+        if s == 1.0:
+            return base
+        codec = copy.deepcopy(base.codec)
+        with torch.no_grad():
+            codec.bottleneck.log_step.add_(math.log(s))
+        if isinstance(base.coder, ContextCoder):
+            coder = base.coder.scaled(s)
+        else:
+            coder = EntropyCoder(rebin_probabilities(base.coder.probabilities, s))
+        return replace(base, codec=codec, coder=coder, step_scale=s, base=base)
 
 
 def search_path() -> list[Path]:
@@ -63,19 +94,21 @@ def list_models() -> list[dict]:
     return list(seen.values())
 
 
-def _find(name: str) -> Path:
+def _find(name: str, folder: Path | None = None) -> Path:
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ModelError(f"invalid model name {name!r}")
-    for folder in search_path():
+    for folder in [folder] if folder is not None else search_path():
         if (folder / f"{name}.json").is_file():
             return folder / f"{name}.json"
     known = ", ".join(sorted(m["name"] for m in list_models())) or "none"
     raise ModelError(f"model {name!r} is not installed (installed: {known})")
 
 
-def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None) -> LoadedModel:
-    """Load a registered model; verify its weights against the registry (and the caller's hash)."""
-    meta_path = _find(name)
+def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None,
+               folder: Path | None = None) -> LoadedModel:
+    """Load a registered model (from ``folder`` only, if given); verify its weights against the
+    registry (and the caller's hash)."""
+    meta_path = _find(name, folder)
     try:
         info = json.loads(meta_path.read_text())
         config = CodecConfig.from_dict(info["config"])
@@ -98,24 +131,41 @@ def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None) ->
     if actual != sha:
         raise ModelError(f"model {name!r}: weights sha256 {actual[:16]}... does not match the registry {sha[:16]}...")
     tensors = load_safetensors(data)
-    probs = tensors.pop("entropy.probabilities", None)
-    if probs is None:
-        raise ModelError(f"model {name!r}: weights carry no entropy model")
+    try:
+        if config.entropy == "context":
+            scales, offsets, thresholds = (tensors.pop(k).numpy() for k in CONTEXT_KEYS)
+            coder = ContextCoder(scales, offsets, thresholds, 2 ** (config.latent_bits - 1) - 1)
+        else:
+            coder = EntropyCoder(tensors.pop("entropy.probabilities").numpy())
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"model {name!r}: weights carry no usable entropy model ({exc})") from None
     codec = WallocCodec(config)
     try:
         codec.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"model {name!r}: weights do not match its config ({str(exc).splitlines()[0]})") from None
     codec.eval()
-    return LoadedModel(name, sha, codec, EntropyCoder(probs.numpy()), info)
+    return LoadedModel(name, sha, codec, coder, info)
 
 
-def save_model(folder: Path, name: str, codec: WallocCodec, probabilities: np.ndarray,
-               description: str = "", extra: dict | None = None) -> dict:
-    """Write ``NAME.safetensors`` + ``NAME.json`` into ``folder``; returns the metadata."""
+def save_model(folder: Path, name: str, codec: WallocCodec, probabilities: np.ndarray | None = None,
+               description: str = "", extra: dict | None = None,
+               context: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+    """Write ``NAME.safetensors`` + ``NAME.json`` into ``folder``; returns the metadata.
+
+    The entropy model goes with the weights: ``probabilities`` (static tables)
+    for ``config.entropy == "static"``, ``context = (scales, offsets,
+    thresholds)`` for ``"context"``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in codec.state_dict().items()}
-    tensors["entropy.probabilities"] = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))
+    if codec.config.entropy == "context":
+        assert context is not None, "a context-coded model needs its context tables"
+        for key, arr, dt in zip(CONTEXT_KEYS, context, (np.float32, np.float32, np.float64)):
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=dt))
+    else:
+        assert probabilities is not None, "a statically coded model needs its probability tables"
+        tensors["entropy.probabilities"] = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))
     data = save_safetensors(tensors)
     cfg = codec.config
     info = {

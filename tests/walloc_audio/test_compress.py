@@ -100,3 +100,40 @@ def test_random_byte_flips_are_caught(small_stream, tmp_path):
         bad = bytearray(data)
         bad[pos] ^= 1 << int(rng.integers(0, 8))
         _decode_fails(model, bytes(bad), tmp_path / "o.wav")
+
+
+def _snr(x, y):
+    return 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((y - x).astype(np.float64) ** 2).sum())
+
+
+def test_step_scale_trades_rate_for_quality_and_travels_in_the_header(shipped, music, tmp_path):
+    x, rate = music
+    x = np.ascontiguousarray(x[:, : 3 * rate])
+    sizes, snrs = [], []
+    for s in (0.5, 1.0, 2.0):
+        data = encode_bytes(shipped, x, rate, [8192], step_scale=s)
+        assert b'"step_scale": %s' % str(s).encode() in data[:2000]
+        out = tmp_path / f"s{s}.wav"
+        decode_stream(io.BytesIO(data), str(out), model=shipped, subtype="FLOAT")  # the header sets the step
+        sizes.append(len(data))
+        snrs.append(_snr(x, read_audio(out)[0]))
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert snrs[0] > snrs[1] > snrs[2] > 5.0
+    with pytest.raises(Exception, match="step scale"):
+        shipped.with_step_scale(100.0)
+
+
+def test_context_coded_model_is_block_invariant_and_round_trips(tmp_path):
+    model = make_model(J=4, step=2e-3, entropy="context", depth=1)
+    x = tones(0.5, freqs=(110.0, 440.0))
+    x[:, : x.shape[1] // 3] *= 0.05  # a quiet start: the contexts must follow loudness
+    one = encode_bytes(model, x, 44100, [x.shape[1]], frames_per_packet=16)
+    assert encode_bytes(model, x, 44100, [333], frames_per_packet=16) == one
+    out = tmp_path / "ctx.wav"
+    decode_stream(io.BytesIO(one), str(out), model=model, subtype="FLOAT")
+    y = read_audio(out)[0]
+    assert y.shape == x.shape and _snr(x, y) > 15.0
+    # Scaled steps work for context models too.
+    coarse = encode_bytes(model, x, 44100, [x.shape[1]], frames_per_packet=16, step_scale=3.0)
+    assert len(coarse) < len(one)
+    decode_stream(io.BytesIO(coarse), str(tmp_path / "c.wav"), model=model, subtype="FLOAT")
