@@ -68,13 +68,13 @@ def _set_threads(threads: int) -> None:
 
 
 def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, group: int, downmix: bool,
-                threads: int, progress=None):
+                step_scale: float, threads: int, progress=None):
     from .compress import compress_file
     from .pretrained import load_model
 
     _set_threads(threads)
     return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix,
-                         progress=progress, group_packets=group)
+                         progress=progress, group_packets=group, step_scale=step_scale)
 
 
 def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int, progress=None):
@@ -145,6 +145,8 @@ def encode(
     frames_per_packet: int = typer.Option(64, help="latent frames per packet (seek/loss granularity)"),
     group_packets: int = typer.Option(4, help="packets per filter call (1 = the bytes a live stream makes)"),
     downmix: bool = typer.Option(False, help="average inputs with more channels than the model"),
+    step_scale: float = typer.Option(1.0, "--step-scale", "-s",
+                                     help="quantizer step x S: >1 smaller files, <1 higher quality (0.125..8)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Encode audio (WAV, FLAC, OGG, Opus, MP3, anything ffmpeg reads; - for stdin) to .wlc."""
@@ -154,8 +156,10 @@ def encode(
         raise WallocError("--frames-per-packet must be 1..4096")
     if not 1 <= group_packets <= 64:
         raise WallocError("--group-packets must be 1..64")
+    if not (0.125 <= step_scale <= 8.0):
+        raise WallocError("--step-scale must be 0.125..8")
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
-    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix)
+    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, step_scale)
     for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):
         if not quiet and dst != "-":
             clip = f", [yellow]{st.clipped} samples clipped[/yellow]" if st.clipped else ""
@@ -202,7 +206,7 @@ def info(path: str = typer.Argument(..., help="a .wlc file")):
     for k, v in [("file", path), ("model", f"{h.model} (sha256 {h.model_sha256[:16]}...)"),
                  ("duration", f"{dur:.3f} s ({r.num_samples} samples at {h.sample_rate} Hz)"),
                  ("source", f"{h.source_sample_rate} Hz, {h.source_channels} ch, mode {h.channel_mode}"),
-                 ("codec", f"J={h.J}, {h.latent_dim} latents, {h.channels} ch"),
+                 ("codec", f"J={h.J}, {h.latent_dim} latents, {h.channels} ch, step scale {h.step_scale:g}"),
                  ("packets", f"{packets} x up to {h.frames_per_packet} frames ({r.total_frames} frames)"),
                  ("size", f"{size} bytes, {8 * size / max(dur, 1e-9) / 1000:.2f} kbps"),
                  ("bits/latent", f"{8 * size / max(r.total_frames * h.latent_dim, 1):.3f}"),
@@ -228,6 +232,75 @@ def models():
                   f"{v.get('kbps', float('nan')):.1f}", f"{v.get('psnr_paper_db', float('nan')):.1f} dB",
                   m.get("kind", "?"))
     out.print(t)
+
+
+@app.command("eval")
+def evaluate(
+    paths: List[str] = typer.Argument(..., help="audio files and/or folders (searched recursively)"),
+    models: Optional[str] = typer.Option(None, "--models", help="comma-separated model names (default: all installed)"),
+    step_scales: str = typer.Option("1", "--step-scales",
+                                    help="quantizer step multipliers, e.g. 1,1.5,2 (>1: fewer kbps; 0.125..8)"),
+    opus_kbps: str = typer.Option("12,16,24,32,48,64", "--opus-kbps", help="Opus baseline bitrates"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="use only the first S seconds of each track"),
+    out_dir: Path = typer.Option(Path("eval-out"), "--out", "-o",
+                                 help="folder for results.{json,md}, rd.png, spectrogram.png"),
+    opus: bool = typer.Option(True, "--opus/--no-opus", help="measure the Opus baseline (needs ffmpeg with libopus)"),
+    spectrogram_model: Optional[str] = typer.Option(None, "--spectrogram-model", help="model shown in spectrogram.png"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+):
+    """Rate and quality of models on your music (real .wlc files), next to Opus and FLAC."""
+    from rich import box
+
+    from .evaluate import TERMINAL_KEYS, evaluate_paths, parse_numbers, summary_line, table_rows
+
+    if seconds is not None and not seconds > 0:
+        raise WallocError("--seconds must be > 0")
+    names = [n.strip() for n in models.split(",") if n.strip()] if models else None
+    scales = parse_numbers(step_scales, "--step-scales", 0.125, 8.0)
+    kbps = parse_numbers(opus_kbps, "--opus-kbps", 6.0, 510.0) if opus else []
+    log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
+    result = evaluate_paths(paths, names, scales, kbps, seconds, opus, spectrogram_model, out_dir, log)
+    headers, rows = table_rows(result, TERMINAL_KEYS)
+    t = Table(title=f"walloc-audio eval: {summary_line(result)}", box=box.SIMPLE_HEAD, padding=(0, 1),
+              caption=f"dB except mel (a distance); Δ: vs Opus at the same kbps; all columns in "
+                      f"{result['outputs']['results.md']}")
+    for h in headers:
+        t.add_column(h, no_wrap=True, justify="left" if h == "point" else "right")
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+    for note in result["notes"]:
+        err.print(note, highlight=False, markup=False)
+    err.print(f"wrote {', '.join(result['outputs'].values())}", highlight=False, markup=False)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="training config (YAML); see recipes/codec/conf/"),
+    out_dir: Path = typer.Option(Path("exp/codec"), "--out", "-o", help="run folder (resumed if it has checkpoints)"),
+    sets: List[str] = typer.Option([], "--set", help="override a config key: --set max_steps=100"),
+    devices: str = typer.Option("auto", help="Lightning devices: auto, 1, 4, 0,1 ..."),
+    num_nodes: int = typer.Option(1, help="nodes for DDP"),
+    accelerator: str = typer.Option("auto", help="cpu, gpu or auto"),
+    export_only: bool = typer.Option(False, help="skip training: export the last checkpoint"),
+    install: bool = typer.Option(False, help="also copy the exported model into the first registry folder"),
+):
+    """Train a codec (PCA init, Lightning), fit its entropy model and export it to the registry."""
+    import shutil
+
+    from .pretrained import search_path
+    from .train import TrainConfig
+    from .train import run as run_training
+
+    cfg = TrainConfig.load(str(config) if config else None, sets)
+    devs = int(devices) if devices.isdigit() else devices
+    info = run_training(cfg, out_dir, devs, num_nodes, accelerator, export_only,
+                        log=lambda m: err.print(m, highlight=False))
+    if info and install:
+        dest = search_path()[0]
+        for suffix in (".json", ".safetensors"):
+            shutil.copy2(out_dir / "export" / f"{cfg.name}{suffix}", dest / f"{cfg.name}{suffix}")
+        err.print(f"installed {cfg.name} into {dest}")
 
 
 def _device(spec: Optional[str]):

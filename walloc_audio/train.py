@@ -25,7 +25,6 @@ Everything a run produces lives in its output folder: ``config.yaml`` (resolved)
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
