@@ -19,7 +19,7 @@ test: install
 	bash tests/run_tests.sh $(BIN)
 
 bench: install
-	$(BIN)/python -m walloc_audio.benchmark
+	$(BIN)/walloc-audio bench
 
 setup: install
 

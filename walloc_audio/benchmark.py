@@ -86,30 +86,77 @@ def _watch_peak_rss(proc: subprocess.Popen) -> int:
     return peak
 
 
+def write_long_file(path: str, minutes: float, rate: int = 44100) -> None:
+    """A ``minutes``-long stereo FLAC of real music (the demo clip, tiled)."""
+    music = _music(60.0, rate).T
+    with sf.SoundFile(path, "w", rate, 2, "PCM_16") as f:
+        whole, part = divmod(minutes, 1.0)
+        for _ in range(int(whole)):
+            f.write(music)
+        f.write(music[: int(part * 60 * rate)])
+
+
+def memory_run(model_name: str, src: str, tmp: str) -> dict:
+    """Encode and decode ``src`` with the CLI in child processes: seconds and peak RSS of each."""
+    out = {}
+    wlc, dec = os.path.join(tmp, f"{model_name}.wlc"), os.path.join(tmp, f"{model_name}.out.flac")
+    for verb, args in [("encode", [src, wlc, "--model", model_name]), ("decode", [wlc, dec])]:
+        cmd = [sys.executable, "-m", "walloc_audio", verb, "-q", "-f", *args]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd)
+        peak = _watch_peak_rss(proc)
+        dt = time.perf_counter() - t0
+        if proc.returncode:
+            raise SystemExit(f"{verb} failed with exit code {proc.returncode}")
+        out[f"{verb}_s"], out[f"{verb}_peak_mb"] = dt, peak / 1024
+    out["decoded_samples"] = sf.info(dec).frames
+    return out
+
+
 def memory_check(model_name: str, minutes: float) -> None:
     """Encode and decode a long stereo file with the CLI in a child process; report peak RSS."""
     rate = 44100
     with tempfile.TemporaryDirectory(prefix="walloc-mem-") as tmp:
         src = os.path.join(tmp, "long.flac")
-        music = _music(60.0, rate).T
         t0 = time.perf_counter()
-        with sf.SoundFile(src, "w", rate, 2, "PCM_16") as f:
-            for _ in range(int(minutes)):
-                f.write(music)
+        write_long_file(src, minutes, rate)
         print(f"  wrote {minutes:.0f}-minute test file ({os.path.getsize(src) / 1e6:.0f} MB FLAC) "
               f"in {time.perf_counter() - t0:.0f} s")
-        for verb, args in [("encode", [src, os.path.join(tmp, "long.wlc")]),
-                           ("decode", [os.path.join(tmp, "long.wlc"), os.path.join(tmp, "long.out.flac")])]:
-            cmd = [sys.executable, "-m", "walloc_audio", verb, "-q", *args] + (["--model", model_name] if verb == "encode" else [])
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd)
-            peak = _watch_peak_rss(proc)
-            dt = time.perf_counter() - t0
-            if proc.returncode:
-                raise SystemExit(f"{verb} failed with exit code {proc.returncode}")
-            print(f"  {verb}: {dt:6.1f} s ({minutes * 60 / dt:5.0f}x real time), peak RSS {peak / 1024:6.0f} MB")
-        info = sf.info(os.path.join(tmp, "long.out.flac"))
-        print(f"  decoded length {info.frames} samples (input {int(minutes * 60 * rate)})")
+        r = memory_run(model_name, src, tmp)
+        for verb in ("encode", "decode"):
+            dt = r[f"{verb}_s"]
+            print(f"  {verb}: {dt:6.1f} s ({minutes * 60 / dt:5.0f}x real time), peak RSS {r[f'{verb}_peak_mb']:6.0f} MB")
+        print(f"  decoded length {r['decoded_samples']} samples (input {int(minutes * 60 * rate)})")
+
+
+def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64, log=print) -> list[dict]:
+    """Throughput (1 thread and all), latency and peak memory of each model: ``walloc-audio bench``."""
+    threads = sorted({1, os.cpu_count() or 1})
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="walloc-bench-") as tmp:
+        src = None
+        if minutes > 0:
+            src = os.path.join(tmp, "long.flac")
+            write_long_file(src, minutes)
+        for name in names:
+            model = load_model(name)
+            cfg = model.config
+            row = {"model": name, "J": cfg.J, "latents": cfg.latent_dim, "parameters": model.codec.num_parameters(),
+                   "latency_ms": round(cfg.latency_ms, 2), "latency_samples": cfg.latency_samples}
+            for t in threads:
+                r = throughput(name, seconds, t, fpp)
+                row[f"encode_msps_{t}t"], row[f"encode_x_rt_{t}t"] = round(r["enc_msps"], 2), round(r["enc_rt"], 1)
+                row[f"decode_msps_{t}t"], row[f"decode_x_rt_{t}t"] = round(r["dec_msps"], 2), round(r["dec_rt"], 1)
+            if src:
+                m = memory_run(name, src, tmp)
+                row.update({"memory_minutes": minutes, "encode_peak_mb": round(m["encode_peak_mb"]),
+                            "decode_peak_mb": round(m["decode_peak_mb"]),
+                            "file_encode_x_rt": round(minutes * 60 / m["encode_s"], 1),
+                            "file_decode_x_rt": round(minutes * 60 / m["decode_s"], 1)})
+            torch.set_num_threads(os.cpu_count() or 1)
+            log(row)
+            rows.append(row)
+    return rows
 
 
 def heldout(model_name: str, listing: str) -> None:

@@ -303,6 +303,50 @@ def train(
         err.print(f"installed {cfg.name} into {dest}")
 
 
+@app.command()
+def bench(
+    models: Optional[str] = typer.Option(None, "--models", "-m", help="comma-separated names (default: all installed)"),
+    seconds: float = typer.Option(60.0, help="audio per throughput run (in memory, best of 3)"),
+    minutes: float = typer.Option(10.0, help="length of the file encoded/decoded by the CLI for peak memory (0: skip)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+):
+    """Throughput (1 thread and all threads), algorithmic latency and peak memory of every model."""
+    import json
+
+    from .benchmark import bench_models
+    from .fsutil import atomic_output
+    from .pretrained import list_models
+
+    names = [n.strip() for n in models.split(",") if n.strip()] if models else [m["name"] for m in list_models()]
+    if not names:
+        raise WallocError("no models to benchmark")
+    if not (1.0 <= seconds <= 3600.0) or not (0.0 <= minutes <= 600.0):
+        raise WallocError("--seconds must be 1..3600 and --minutes 0..600")
+    threads = sorted({1, os.cpu_count() or 1})
+    err.print(f"{len(names)} models; throughput on {seconds:g} s of stereo music in memory (M samples/s counts "
+              f"both channels; x RT = times real time); peak RSS of the CLI on a {minutes:g}-minute file",
+              highlight=False)
+    rows = bench_models(names, seconds, minutes, log=lambda r: err.print(f"  {r['model']} done", highlight=False))
+    t = Table(title=f"walloc-audio bench ({os.cpu_count()} CPU cores; M samples/s, x real time)", box=None)
+    cols = ["model", "ms"] + [f"enc {n}t" for n in threads] + [f"dec {n}t" for n in threads]
+    if minutes > 0:
+        cols += ["peak MB"]
+    for c in cols:
+        t.add_column(c, no_wrap=True)
+    for r in rows:
+        cells = [r["model"], f"{r['latency_ms']:.1f}"]
+        for verb in ("encode", "decode"):
+            cells += [f"{r[f'{verb}_msps_{n}t']:.1f} {r[f'{verb}_x_rt_{n}t']:.0f}x" for n in threads]
+        if minutes > 0:
+            cells += [f"{r['encode_peak_mb']}/{r['decode_peak_mb']}"]
+        t.add_row(*cells)
+    out.print(t)
+    if json_out:
+        with atomic_output(str(json_out), overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps({"cpu_cores": os.cpu_count(), "seconds": seconds, "minutes": minutes,
+                                             "models": rows}, indent=2) + "\n")
+
+
 def _device(spec: Optional[str]):
     return int(spec) if spec is not None and spec.isdigit() else spec
 

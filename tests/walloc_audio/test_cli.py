@@ -261,3 +261,30 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path):
     assert proc.returncode == 130, err
     assert b"interrupted" in err and b"Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
+
+
+def test_bench_reports_every_figure(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert run(["bench", "--models", "stereo-5x-ll-linear", "--seconds", "1", "--minutes", "0.05",
+                "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["models"][0]
+    assert row["latency_samples"] == 447 and row["encode_msps_1t"] > 0 and row["decode_x_rt_1t"] > 1
+    assert 100 < row["encode_peak_mb"] < 4000 and row["file_decode_x_rt"] > 1
+    assert "stereo-5x-ll-linear" in capsys.readouterr().out
+    assert run(["bench", "--models", "nope", "--minutes", "0"]) != 0
+
+
+def test_encode_step_scale_option(tmp_path, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, tones(1.0).T, 44100)
+    sizes = []
+    for s in ("0.5", "2"):
+        dst = tmp_path / f"a{s}.wlc"
+        assert run(["encode", str(src), str(dst), "-s", s, "-q"]) == 0
+        assert run(["decode", str(dst), str(tmp_path / f"a{s}.wav"), "-q"]) == 0
+        sizes.append(dst.stat().st_size)
+    assert sizes[0] > sizes[1]
+    assert run(["encode", str(src), str(tmp_path / "b.wlc"), "-s", "20"]) != 0
+    assert "step-scale" in capsys.readouterr().err
