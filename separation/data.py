@@ -59,7 +59,10 @@ def open_musdb(root: str | os.PathLike, subset: str, *, is_wav: bool | None = No
         is_wav: ``None`` detects the format: any ``*.stem.mp4`` in the subset
             means MUSDB18 (``False``), else one folder of wavs per track (``True``).
         split: musdb's train/validation split of ``train`` (``"train"``,
-            ``"valid"`` or ``None``; it selects by musdb's own track names).
+            ``"valid"`` or ``None``). Tracks are selected by the
+            ``validation_tracks`` of ``ROOT/setup.yaml`` when the root has one
+            (sets built by :mod:`separation.stems` do), else by musdb's own list
+            of MUSDB18 songs.
         stems: the stem files every track must have.
         require_mixture: also require ``mixture.wav`` (wav sets).
 
@@ -79,7 +82,8 @@ def open_musdb(root: str | os.PathLike, subset: str, *, is_wav: bool | None = No
     if is_wav is None:
         is_wav = not any(folder.glob("*.stem.mp4"))
     try:
-        tracks = musdb.DB(root=str(root), subsets=subset, split=split, is_wav=is_wav).tracks
+        setup = "setup.yaml" if (root / "setup.yaml").is_file() else None
+        tracks = musdb.DB(root=str(root), subsets=subset, split=split, is_wav=is_wav, setup_file=setup).tracks
     except Exception as exc:  # musdb/stempeg raise bare RuntimeErrors, ffprobe errors...
         raise DatasetError(f"{folder}: musdb cannot open it ({exc})") from None
     if not tracks:

@@ -65,6 +65,16 @@ def test_open_musdb_wav_set(dataset):
     assert tracks[0].is_wav and set(tracks[0].sources) == set(STEMS)
 
 
+def test_open_musdb_validation_split_follows_the_roots_setup(tmp_path):
+    from separation.stems import write_musdb_setup
+
+    make_musdb(tmp_path)
+    write_musdb_setup(tmp_path, sorted(TRACKS))  # one validation track of two (15 %, at least one)
+    valid = [t.name for t in open_musdb(tmp_path, "train", split="valid")]
+    train = [t.name for t in open_musdb(tmp_path, "train", split="train")]
+    assert len(valid) == 1 and sorted(valid + train) == sorted(TRACKS)
+
+
 def test_open_musdb_stem_mp4(tmp_path, model):
     import stempeg
 
