@@ -62,7 +62,10 @@ class _Timing:
                 cb.examples += batch[0].shape[0]
 
             def on_train_epoch_end(cb, trainer, module):
-                cb.epochs.append(time.perf_counter() - cb.t0)
+                # A run resumed from an end-of-epoch checkpoint can end an epoch it never started here.
+                if cb.t0 is not None:
+                    cb.epochs.append(time.perf_counter() - cb.t0)
+                cb.t0 = None
 
         self.callback = Cb()
 

@@ -47,3 +47,12 @@ def test_all_stages_on_a_tiny_set(tmp_path):
     r = subprocess.run(cmd[:2] + ["--stage", "1", "--stop-stage", "1", "--tag", tag, "--exp-dir", str(exp)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "up to date" in r.stdout
+    # A longer budget on the same tag resumes training from checkpoints/last.ckpt (step 3 -> 5).
+    resume = cmd[:2] + ["--stage", "2", "--stop-stage", "2", "--tag", tag, "--root", str(root), "--exp-dir", str(exp)]
+    for s in sets[:1] + ["training.max_steps=5"] + sets[2:]:
+        resume += ["--set", s]
+    r = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for kind in ("latent", "waveform"):
+        figures = json.loads(next(exp.rglob(f"{kind}*/train_figures.json")).read_text())
+        assert figures["steps"] == 5, figures

@@ -31,6 +31,9 @@ mkdir -p "$exp"
 
 if [[ ! -f $exp/conf.yml || $stage -le 0 ]]; then
   $PYTHON resolve_conf.py --conf conf.yml --out "$exp/conf.yml" ${root:+--root "$root"} "${sets[@]}" >/dev/null
+elif [[ ${#sets[@]} -gt 0 || -n $root ]]; then
+  # A later stage with --set/--root updates the run's resolved config (e.g. a longer budget resumes).
+  $PYTHON resolve_conf.py --conf "$exp/conf.yml" --out "$exp/conf.yml" ${root:+--root "$root"} "${sets[@]}" >/dev/null
 fi
 conf=$exp/conf.yml
 root=$($PYTHON -c "import yaml,sys; print(yaml.safe_load(open('$conf'))['data']['root'] or '')")
