@@ -270,19 +270,20 @@ def fit_context_model(symbols: list[np.ndarray], values: list[np.ndarray], packe
     off_n = np.zeros((L, buckets))
     probe = ContextCoder(np.ones((L, buckets)), np.zeros((L, buckets)), thresholds, max_symbol)
     rows = np.arange(L)[:, None]
+    cells = L * buckets
     for q, v in zip(symbols, values):
         for F in (packet_frames, 2):
-            for s in range(0, q.shape[1], F):
-                qq, vv = q[:, s : s + F], v[:, s : s + F]
-                b = probe.buckets(context_features(qq))
-                a = np.abs(qq)
-                np.add.at(hist, (np.broadcast_to(rows, a.shape), b, np.minimum(a, H)), 1)
-                big = a >= H
-                if big.any():
-                    np.add.at(tail, (np.broadcast_to(rows, a.shape)[big], b[big]), a[big])
-                nz = a > 0
-                np.add.at(off_sum, (np.broadcast_to(rows, a.shape)[nz], b[nz]), (a - np.abs(vv))[nz])
-                np.add.at(off_n, (np.broadcast_to(rows, a.shape)[nz], b[nz]), 1)
+            b = np.concatenate([probe.buckets(context_features(q[:, s : s + F])) for s in range(0, q.shape[1], F)],
+                               axis=1)
+            a = np.abs(q).astype(np.int64)
+            cell = (rows * buckets + b).ravel()  # (channel, bucket) of every symbol
+            hist += np.bincount(cell * (H + 1) + np.minimum(a, H).ravel(),
+                                minlength=cells * (H + 1)).reshape(L, buckets, H + 1)
+            big = (a >= H).ravel()
+            tail += np.bincount(cell[big], weights=a.ravel()[big], minlength=cells).reshape(L, buckets)
+            nz = (a > 0).ravel()
+            off_sum += np.bincount(cell[nz], weights=(a - np.abs(v)).ravel()[nz], minlength=cells).reshape(L, buckets)
+            off_n += np.bincount(cell[nz], minlength=cells).reshape(L, buckets)
     grid = np.exp(np.linspace(np.log(0.02), np.log(2000.0), 240))
     mags = np.arange(H + 1, dtype=np.float64)
     # -log p(k | b) for every grid scale and magnitude (k >= 1 counts both signs: + log 2 not needed,

@@ -384,8 +384,16 @@ def initial_codec(cfg: TrainConfig, tracks: list[torch.Tensor], log=print) -> Wa
     return codec
 
 
-def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig):
-    """Entropy model for ``codec`` from the first ``entropy_seconds`` of each training track."""
+def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig, kind: str | None = None,
+                centroids: bool | None = None) -> dict:
+    """Entropy model for ``codec`` from the first ``entropy_seconds`` of each training track.
+
+    ``kind``: "context" or "static" (default: the codec's); ``centroids``: keep the
+    context model's bin centroids (default: only for a linear decoder).
+    """
+    kind = kind or codec.config.entropy
+    if centroids is None:
+        centroids = codec.decoder.net is None
     n = int(cfg.entropy_seconds * cfg.sample_rate) // codec.config.frame * codec.config.frame
     symbols, values = [], []
     bn = codec.bottleneck
@@ -396,8 +404,13 @@ def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig
             u, _ = bn._scaled(y)
             symbols.append(bn.symbols(y).numpy())
             values.append(bn.compand(u).numpy())
-    if codec.config.entropy == "context":
-        return {"context": fit_context_model(symbols, values, max_symbol=bn.max_symbol)}
+    if kind == "context":
+        scales, offsets, thresholds = fit_context_model(symbols, values, max_symbol=bn.max_symbol)
+        if not centroids:
+            # A nonlinear decoder is trained on the rounded symbols themselves and learns its own
+            # reconstruction; shifting its inputs to the bin centroids would feed it what it never saw.
+            offsets = np.zeros_like(offsets)
+        return {"context": (scales, offsets, thresholds)}
     counts = sum(count_symbols(torch.from_numpy(q), bn.max_symbol) for q in symbols)
     return {"probabilities": fit_probabilities(counts)}
 
