@@ -118,36 +118,48 @@ def context_thresholds(buckets: int) -> np.ndarray:
     return t[t > 0][: buckets - 2].astype(np.float64)
 
 
+def _activity(a1: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
+    """``4|q[c,t-1]| + 2|q[c,t-2]| + |q[c,t-3]| + 2 (|q[c-1,t-1]| + |q[c+1,t-1]|) + |q[c-2,t-1]| + |q[c+2,t-1]|``.
+
+    ``a1, a2, a3``: magnitudes ``[L, n]`` one, two and three frames back.
+    Neighbour channels beyond the edges are mirrored (``c-1`` of channel 0 is
+    channel 1). Integer arithmetic only.
+    """
+    L = a1.shape[0]
+    mode = "reflect" if L >= 3 else "edge"
+    p = np.pad(a1, ((2, 2), (0, 0)), mode=mode)
+    return 4 * a1 + 2 * a2 + a3 + 2 * (p[1 : L + 1] + p[3 : L + 3]) + p[:L] + p[4 : L + 4]
+
+
 def context_features(q: np.ndarray) -> np.ndarray:
     """Activity of each symbol's causal neighbourhood inside its packet, ``[L, F]`` int64.
 
-    ``f[c, t] = 2|q[c, t-1]| + |q[c, t-2]| + |q[c-1, t-1]| + |q[c+1, t-1]|``
-    (a missing ``t-2`` repeats ``t-1``; a missing neighbour channel repeats the
-    other). Only earlier frames of the same packet are used: a whole frame's
-    contexts are known before it is decoded (one vectorised call per frame) and
-    every packet still decodes alone. ``t = 0`` has no history: feature -1.
+    A weighted sum of the magnitudes of the same channel's three previous
+    symbols and of the two channels on either side in the previous frame
+    (:func:`_activity`); a missing frame repeats the oldest one present. Only
+    earlier frames of the same packet are used: a whole frame's contexts are
+    known before it is decoded (one vectorised call per frame) and every packet
+    still decodes alone. ``t = 0`` has no history: feature -1.
     """
     a = np.abs(q.astype(np.int64))
     L, F = a.shape
     f = np.full((L, F), -1, dtype=np.int64)
     if F > 1:
-        p1 = a[:, :-1]
-        p2 = np.concatenate([a[:, :1], a[:, :-2]], axis=1) if F > 2 else p1
-        lo = np.concatenate([p1[1:2], p1[:-1]], axis=0) if L > 1 else p1
-        hi = np.concatenate([p1[1:], p1[-2:-1]], axis=0) if L > 1 else p1
-        f[:, 1:] = 2 * p1 + p2 + lo + hi
+        a1 = a[:, :-1]
+        a2 = np.concatenate([a[:, :1], a[:, :-2]], axis=1)
+        a3 = np.concatenate([a[:, :1], a[:, :1], a[:, :-3]], axis=1)[:, : F - 1]
+        f[:, 1:] = _activity(a1, a2, a3)
     return f
 
 
-def frame_features(prev1: np.ndarray, prev2: np.ndarray) -> np.ndarray:
-    """:func:`context_features` of one frame from the two frames before it (``[L]`` each)."""
-    a1, a2 = np.abs(prev1.astype(np.int64)), np.abs(prev2.astype(np.int64))
-    if a1.size > 1:
-        lo = np.concatenate([a1[1:2], a1[:-1]])
-        hi = np.concatenate([a1[1:], a1[-2:-1]])
-    else:
-        lo = hi = a1
-    return 2 * a1 + a2 + lo + hi
+def frame_features(history: np.ndarray) -> np.ndarray:
+    """:func:`context_features` of the frame after ``history`` (``[L, n]``, ``1 <= n``, oldest first)."""
+    a = np.abs(history[:, -3:].astype(np.int64))
+    n = a.shape[1]
+    a1 = a[:, n - 1 : n]
+    a2 = a[:, max(n - 2, 0) : max(n - 2, 0) + 1]
+    a3 = a[:, max(n - 3, 0) : max(n - 3, 0) + 1]
+    return _activity(a1, a2, a3)[:, 0]
 
 
 def laplace_bin_probability(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -237,7 +249,7 @@ class ContextCoder:
                 if t == 0:
                     b = np.zeros(self.channels, dtype=np.int64)
                 else:
-                    b = self.buckets(frame_features(out[:, t - 1], out[:, t - 2 if t >= 2 else t - 1]))
+                    b = self.buckets(frame_features(out[:, max(0, t - 3) : t]))
                 out[:, t] = dec.decode(self._family, zeros, self._scale64[self._rows, b])
         except Exception as exc:
             raise BitstreamError(f"packet payload cannot be range-decoded ({exc})") from None
