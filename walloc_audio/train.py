@@ -280,8 +280,23 @@ def _lightning():
     return pl
 
 
+def warmup_samples(codec: WallocCodec) -> int:
+    """Samples at the start of a crop whose reconstruction lacks history (zeros before the crop):
+    the analysis filter's memory plus the decoder's receptive field. The loss skips them."""
+    taps = codec.analysis_taps().shape[0]
+    return (taps - 1 + codec.decoder.receptive_field) * codec.config.frame
+
+
+def check_crop(cfg: TrainConfig, codec: WallocCodec) -> None:
+    need = (warmup_samples(codec) + codec.config.delay_samples) // codec.config.frame + 16
+    if cfg.crop_frames < need:
+        raise WallocError(f"crop_frames={cfg.crop_frames} leaves nothing to train on: the analysis memory, the "
+                          f"decoder's receptive field and the delay take {need - 16} frames; use >= {need}")
+
+
 def make_module(cfg: TrainConfig, codec: WallocCodec, val_clips: list[torch.Tensor]):
     pl = _lightning()
+    check_crop(cfg, codec)
 
     class CodecModule(pl.LightningModule):
         def __init__(self):
@@ -290,10 +305,7 @@ def make_module(cfg: TrainConfig, codec: WallocCodec, val_clips: list[torch.Tens
             self.rate = LaplaceRate(cfg.latent_dim)
             self.codec.bottleneck.log_step.requires_grad_(False)  # the step is the rate setting, not learned
             self.codec.encoder.requires_grad_(cfg.encoder_lr > 0)
-            taps = codec.analysis_taps().shape[0]
-            # Samples at the start of a crop whose reconstruction lacks history (zeros before the crop).
-            self.warmup = (taps - 1 + codec.decoder.receptive_field) * codec.config.frame
-            self.delay = codec.config.delay_samples
+            self.warmup, self.delay = warmup_samples(codec), codec.config.delay_samples
 
         def _losses(self, x: torch.Tensor, mode: str) -> dict:
             c = self.codec
