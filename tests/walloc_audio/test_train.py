@@ -113,3 +113,6 @@ def test_pca_init_is_the_linear_codec_and_bad_data_is_refused(data, tmp_path):
         run(tiny(data, train=str(empty)), tmp_path / "r", devices=1, accelerator="cpu", log=lambda m: None)
     with pytest.raises(WallocError, match="unknown training config keys"):
         tiny(data, bogus=1)
+    with pytest.raises(WallocError, match="crop_frames=16 leaves nothing to train on"):
+        run(tiny(data, decoder_depth=4, crop_frames=16), tmp_path / "r2", devices=1, accelerator="cpu",
+            log=lambda m: None)
