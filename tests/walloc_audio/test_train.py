@@ -116,3 +116,25 @@ def test_pca_init_is_the_linear_codec_and_bad_data_is_refused(data, tmp_path):
     with pytest.raises(WallocError, match="crop_frames=16 leaves nothing to train on"):
         run(tiny(data, decoder_depth=4, crop_frames=16), tmp_path / "r2", devices=1, accelerator="cpu",
             log=lambda m: None)
+
+
+def test_crops_have_random_gains_and_remix_stems(data, tmp_path):
+    import torch
+
+    from helpers import make_musdb
+    from walloc_audio.train import CropDataset, list_tracks, load_stems, load_tracks
+
+    make_musdb(tmp_path, {"A - One": 2.0, "B - Two": 2.0})
+    cfg = tiny(data, stems=str(tmp_path), stem_mix_probability=1.0, gain_db=[-20.0, 0.0])
+    stems = load_stems(cfg.stems, cfg, log=lambda m: None)
+    assert len(stems) == 2 and stems[0].shape[:2] == (4, 2)
+    tracks = load_tracks(list_tracks(cfg.train), cfg, log=lambda m: None)
+    ds = CropDataset(tracks, cfg, 64, stems)
+    crops = torch.stack([ds[i] for i in range(64)])
+    assert crops.shape == (64, 2, cfg.crop_frames * 16)
+    peaks = crops.abs().amax(dim=(1, 2))
+    assert peaks.max() <= 1.0 and peaks.min() < 0.3 and peaks.max() > 0.7  # gains from -20 to 0 dB of full scale
+    assert torch.equal(ds[5], ds[5]) and not torch.equal(ds[5], ds[6])  # an index is a seed
+    # Remixed crops are sums of stems from several tracks, not crops of a training track.
+    plain = CropDataset(tracks, tiny(data), 8)
+    assert not any(torch.allclose(ds[i] / ds[i].abs().max(), plain[i] / plain[i].abs().max()) for i in range(8))
