@@ -13,6 +13,8 @@ on its own -- the property streaming, loss concealment and seeking need.
 
 from __future__ import annotations
 
+import functools
+
 import constriction
 import numpy as np
 import torch
@@ -118,6 +120,20 @@ def context_thresholds(buckets: int) -> np.ndarray:
     return t[t > 0][: buckets - 2].astype(np.float64)
 
 
+@functools.lru_cache(maxsize=None)
+def _neighbours(L: int) -> tuple[np.ndarray, ...]:
+    """Row indices of channels ``c-2, c-1, c+1, c+2`` for ``L`` channels, mirrored at the edges."""
+    def mirror(i: np.ndarray) -> np.ndarray:
+        if L == 1:
+            return np.zeros_like(i)
+        period = 2 * (L - 1)
+        i = np.abs(i) % period
+        return np.where(i >= L, period - i, i)
+
+    c = np.arange(L)
+    return tuple(mirror(c + d) for d in (-2, -1, 1, 2))
+
+
 def _activity(a1: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
     """``4|q[c,t-1]| + 2|q[c,t-2]| + |q[c,t-3]| + 2 (|q[c-1,t-1]| + |q[c+1,t-1]|) + |q[c-2,t-1]| + |q[c+2,t-1]|``.
 
@@ -125,10 +141,8 @@ def _activity(a1: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
     Neighbour channels beyond the edges are mirrored (``c-1`` of channel 0 is
     channel 1). Integer arithmetic only.
     """
-    L = a1.shape[0]
-    mode = "reflect" if L >= 3 else "edge"
-    p = np.pad(a1, ((2, 2), (0, 0)), mode=mode)
-    return 4 * a1 + 2 * a2 + a3 + 2 * (p[1 : L + 1] + p[3 : L + 3]) + p[:L] + p[4 : L + 4]
+    m2, m1, p1, p2 = _neighbours(a1.shape[0])
+    return 4 * a1 + 2 * a2 + a3 + 2 * (a1[m1] + a1[p1]) + a1[m2] + a1[p2]
 
 
 def context_features(q: np.ndarray) -> np.ndarray:
