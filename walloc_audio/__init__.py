@@ -3,7 +3,7 @@
 Public API::
 
     from walloc_audio import load_model, compress_file, decompress_file
-    model = load_model("stereo-5x-linear")
+    model = load_model("stereo-5x")            # the default; see `walloc-audio models`
     symbols = model.codec.encode(x)        # x: [B, C, T] float in [-1, 1]
     y = model.codec.decode(symbols)        # delayed by model.config.delay_samples
 """

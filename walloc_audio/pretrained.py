@@ -27,7 +27,7 @@ from .errors import ModelError
 from .model import CodecConfig, WallocCodec
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
-DEFAULT_MODEL = "stereo-5x-linear"
+DEFAULT_MODEL = "stereo-5x"
 MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
 MIN_STEP_SCALE, MAX_STEP_SCALE = 0.125, 8.0
 CONTEXT_KEYS = ("entropy.scales", "entropy.offsets", "entropy.thresholds")

@@ -477,6 +477,20 @@ def export(codec: WallocCodec, cfg: TrainConfig, train_tracks, val_tracks, folde
     return info
 
 
+def portable_config(cfg: TrainConfig) -> dict:
+    """The config as stored with a model: data paths under ``$WALLOC_DATA`` written that way,
+    others reduced to their last two components (no machine's paths in shipped files)."""
+    d = asdict(cfg)
+    root = os.environ.get("WALLOC_DATA", "")
+    for key in ("train", "val", "stems"):
+        v = d.get(key) or ""
+        if root and v.startswith(root.rstrip("/") + "/"):
+            d[key] = "$WALLOC_DATA/" + v[len(root.rstrip("/")) + 1 :]
+        elif v:
+            d[key] = "/".join(Path(v).parts[-2:])
+    return d
+
+
 def run(cfg: TrainConfig, out: Path, devices: str = "auto", num_nodes: int = 1, accelerator: str = "auto",
         export_only: bool = False, log=print) -> dict:
     """Train (resuming from ``out/checkpoints/last.ckpt`` if present) and export into ``out/export``."""
@@ -522,7 +536,7 @@ def run(cfg: TrainConfig, out: Path, devices: str = "auto", num_nodes: int = 1, 
     elif last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    training = {"recipe": "walloc-audio train", "config": asdict(cfg), "steps": steps,
+    training = {"recipe": "walloc-audio train", "config": portable_config(cfg), "steps": steps,
                 "seconds": round(time.time() - t0, 1), "tracks": len(train_tracks),
                 "minutes": round(sum(t.shape[1] for t in train_tracks) / cfg.sample_rate / 60, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
