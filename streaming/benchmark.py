@@ -1,6 +1,6 @@
 """Streaming benchmarks that print figures: latency, CPU load, a lossy UDP soak.
 
-    python -m streaming.benchmark                    # all three, stereo-5x-linear and the low-latency model
+    python -m streaming.benchmark                    # all three, stereo-5x and the low-latency stereo-5x-ll
     python -m streaming.benchmark --soak-minutes 10  # the 10-minute UDP soak at 20x real time
 
 * Latency: the algorithmic latency (transform delay + packet buffering) of
@@ -174,7 +174,7 @@ def soak(name: str, minutes: float, speed: float = 20.0, loss: float = 0.05, fpp
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="stereo-5x-linear,stereo-5x-ll-linear")
+    ap.add_argument("--models", default="stereo-5x,stereo-5x-ll,stereo-5x-linear,stereo-5x-ll-linear")
     ap.add_argument("--soak-minutes", type=float, default=10.0)
     ap.add_argument("--speed", type=float, default=20.0, help="soak speed, x real time")
     args = ap.parse_args(argv)

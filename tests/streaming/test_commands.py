@@ -127,14 +127,14 @@ def test_streamed_packets_equal_walloc_audio_encode(tmp_path):
     # `stream` reading a file-like source is not possible (it reads a device), so compare the
     # processor the stream command uses with the CLI encoder at the same settings.
     from streaming.processor import StreamEncoder
-    from walloc_audio.pretrained import load_model
+    from walloc_audio.pretrained import DEFAULT_MODEL, load_model
 
     rate = 44100
     x = (0.3 * np.sin(2 * np.pi * 330 * np.arange(rate) / rate)).astype(np.float32)
     sf.write(tmp_path / "a.wav", np.stack([x, x[::-1]], axis=1), rate, subtype="FLOAT")
     r = run("encode", tmp_path / "a.wav", tmp_path / "a.wlc", "--frames-per-packet", 2, "--group-packets", 1, "-q")
     assert r.returncode == 0, r.stderr
-    enc = StreamEncoder(load_model("stereo-5x-linear"), 2)
+    enc = StreamEncoder(load_model(DEFAULT_MODEL), 2)  # what `encode` used
     enc.prepare(rate, 2)
     y = np.stack([x, x[::-1]])
     parts = [enc.header_bytes()]
