@@ -340,7 +340,7 @@ def bench(
         if minutes > 0:
             cells += [f"{r['encode_peak_mb']}/{r['decode_peak_mb']}"]
         t.add_row(*cells)
-    out.print(t)
+    (out if out.is_terminal else Console(width=140)).print(t)  # whole figures in logs and pipes too
     if json_out:
         with atomic_output(str(json_out), overwrite=True) as tmp:
             Path(tmp).write_text(json.dumps({"cpu_cores": os.cpu_count(), "seconds": seconds, "minutes": minutes,

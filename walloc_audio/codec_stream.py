@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import BitstreamError
+from .decoder import NetStream
 from .framefir import FrameFIR, fir_frames
 from .pretrained import LoadedModel
 from .wavelets import frames_from_signal, signal_from_frames
@@ -149,10 +150,13 @@ class PacketDecoder:
             else:
                 self._fir = FrameFIR(codec._syn)
                 self._context = codec.decoder.receptive_field - 1
+                self._net = NetStream(codec.decoder) if codec.config.lookahead_frames == 0 else None
         self.reset()
 
     def reset(self) -> None:
         self._fir.reset()
+        if not self._linear and self._net is not None:
+            self._net.reset()
         self._latents = torch.zeros(self.config.latent_dim, 0)
         self._received = self._emitted = 0
         self._last = torch.zeros(self.config.latent_dim)
@@ -214,6 +218,12 @@ class PacketDecoder:
         # look-ahead has arrived. Absolute frame counters: the buffer starts at
         # frame `base`; frames before `emitted` are out already.
         c = self.config
+        if self._net is not None:  # causal net: each frame computed once, layer states carried
+            coef = self._net.process(z)
+            self._received += z.shape[1]
+            self._emitted = self._received
+            frames = coef.reshape(c.channels, c.frame, -1).permute(2, 0, 1).contiguous()
+            return signal_from_frames(self._fir.process(frames), 1)[:, 0].numpy()
         la = c.lookahead_frames
         buf = torch.cat([self._latents, z], dim=1)
         base = self._received - self._latents.shape[1]
