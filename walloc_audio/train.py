@@ -294,7 +294,7 @@ def check_crop(cfg: TrainConfig, codec: WallocCodec) -> None:
                           f"decoder's receptive field and the delay take {need - 16} frames; use >= {need}")
 
 
-def make_module(cfg: TrainConfig, codec: WallocCodec, val_clips: list[torch.Tensor]):
+def make_module(cfg: TrainConfig, codec: WallocCodec):
     pl = _lightning()
     check_crop(cfg, codec)
 
@@ -310,8 +310,7 @@ def make_module(cfg: TrainConfig, codec: WallocCodec, val_clips: list[torch.Tens
         def _losses(self, x: torch.Tensor, mode: str) -> dict:
             c = self.codec
             y_lat = c.analyze(x)
-            u, step = c.bottleneck._scaled(y_lat)
-            v = c.bottleneck.compand(u)
+            v = c.bottleneck.compand(c.bottleneck._scaled(y_lat)[0])
             zq = c.bottleneck(y_lat, mode)
             y = c.synthesize(zq)
             d, w = self.delay, self.warmup
@@ -357,7 +356,7 @@ def make_module(cfg: TrainConfig, codec: WallocCodec, val_clips: list[torch.Tens
 
 
 def _val_batch(tracks: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
-    """Fixed validation crops: the middle ``val_seconds`` of each validation track (at 3 gains)."""
+    """Fixed validation crops: the middle ``val_seconds`` of each validation track, as recorded."""
     n = int(cfg.val_seconds * cfg.sample_rate) // 2**cfg.J * 2**cfg.J
     crops = []
     for t in tracks:
@@ -507,7 +506,7 @@ def run(cfg: TrainConfig, out: Path, devices: str = "auto", num_nodes: int = 1, 
     val_tracks = load_tracks(list_tracks(cfg.val), cfg, log) if cfg.val else []
     stems = load_stems(cfg.stems, cfg, log) if cfg.stems else []
     codec = initial_codec(cfg, train_tracks, log)
-    module = make_module(cfg, codec, val_tracks)
+    module = make_module(cfg, codec)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     t0 = time.time()
