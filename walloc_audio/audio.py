@@ -27,6 +27,8 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import soundfile as sf
@@ -34,6 +36,17 @@ import soundfile as sf
 from .errors import AudioError, OutputError
 from .ffmpeg import AudioInfo, FFmpegProcess, probe, resample_args
 from .fsutil import STDIO, output_error
+
+
+def find_audio(paths: Iterable[str], suffixes: set[str]) -> list[str]:
+    """Files as given; folders scanned recursively for files with ``suffixes`` (sorted)."""
+    found: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found += sorted(str(q) for q in Path(p).rglob("*") if q.is_file() and q.suffix.lower() in suffixes)
+        else:
+            found.append(p)
+    return found
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:

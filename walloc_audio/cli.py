@@ -28,17 +28,6 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aa
                   ".mka", ".mp4"}
 
 
-def _expand(paths: List[str], suffixes: set[str]) -> List[str]:
-    """Files as given; folders scanned recursively for files with ``suffixes``."""
-    found: List[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            found += sorted(str(q) for q in Path(p).rglob("*") if q.is_file() and q.suffix.lower() in suffixes)
-        else:
-            found.append(p)
-    return found
-
-
 def _plan(paths: List[str], out_dir: Optional[Path], suffixes: set[str], new_suffix: str) -> List[tuple[str, str]]:
     """Pairs (input, output) from ``SRC [DST]`` or ``SRC... --out-dir DIR``."""
     if out_dir is None:
@@ -50,7 +39,9 @@ def _plan(paths: List[str], out_dir: Optional[Path], suffixes: set[str], new_suf
                 raise WallocError("reading stdin needs an explicit output (or - for stdout)")
             return [(src, str(Path(src).with_suffix(new_suffix)))]
         raise WallocError("several inputs or a folder need --out-dir")
-    inputs = _expand(paths, suffixes)
+    from .audio import find_audio
+
+    inputs = find_audio(paths, suffixes)
     if not inputs:
         raise WallocError("no input files found")
     if not out_dir.is_dir():

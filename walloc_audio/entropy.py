@@ -39,6 +39,13 @@ def count_symbols(symbols: torch.Tensor, max_symbol: int) -> np.ndarray:
     return out.numpy()
 
 
+def _payload_words(payload: bytes) -> np.ndarray:
+    """A packet payload as the 32-bit words constriction's range decoder reads."""
+    if len(payload) % 4:
+        raise BitstreamError("packet payload is not a whole number of 32-bit words")
+    return np.frombuffer(payload, dtype=np.uint32).copy()
+
+
 class EntropyCoder:
     """Range coder over per-channel categorical models.
 
@@ -75,9 +82,7 @@ class EntropyCoder:
 
     def decode(self, payload: bytes, frames: int) -> np.ndarray:
         """Payload bytes -> symbols ``[L, frames]`` int32. Raises BitstreamError if malformed."""
-        if len(payload) % 4:
-            raise BitstreamError("packet payload is not a whole number of 32-bit words")
-        words = np.frombuffer(payload, dtype=np.uint32).copy()
+        words = _payload_words(payload)
         out = np.empty((self.channels, frames), dtype=np.int32)
         try:
             dec = constriction.stream.queue.RangeDecoder(words)
@@ -252,9 +257,7 @@ class ContextCoder:
         return enc.get_compressed().tobytes()
 
     def decode(self, payload: bytes, frames: int) -> np.ndarray:
-        if len(payload) % 4:
-            raise BitstreamError("packet payload is not a whole number of 32-bit words")
-        words = np.frombuffer(payload, dtype=np.uint32).copy()
+        words = _payload_words(payload)
         out = np.empty((self.channels, frames), dtype=np.int32)
         zeros = np.zeros(self.channels)
         try:

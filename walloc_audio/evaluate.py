@@ -49,7 +49,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .audio import AudioReader
+from .audio import AudioReader, find_audio
 from .compress import compress_file, decompress_file
 from .errors import WallocError
 from .fsutil import atomic_output
@@ -212,17 +212,6 @@ class Track:
 
 class _Skip(Exception):
     """A file that cannot be evaluated; the message is the reason."""
-
-
-def find_audio(paths: Sequence[str]) -> list[str]:
-    """Files as given; folders scanned recursively for audio suffixes (sorted)."""
-    found: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            found += sorted(str(q) for q in Path(p).rglob("*") if q.is_file() and q.suffix.lower() in EVAL_SUFFIXES)
-        else:
-            found.append(p)
-    return found
 
 
 def _load(path: str, rate: int, seconds: float | None) -> np.ndarray:
@@ -523,7 +512,7 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
     if spec_name not in names:
         raise WallocError(f"--spectrogram-model {spec_name!r} is not among the evaluated models ({', '.join(names)})")
     spec_scale = 1.0 if 1.0 in step_scales else step_scales[0]
-    files = find_audio(paths)
+    files = find_audio(paths, EVAL_SUFFIXES)
     rate = loaded[0].config.sample_rate
     notes: list[str] = []
     if opus and not has_libopus():

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .audio import find_audio
 from .entropy import count_symbols, fit_context_model, fit_probabilities
 from .errors import WallocError
 from .linear_fit import coefficient_covariance, iter_clips, linear_codec, paper_psnr
@@ -137,7 +138,7 @@ def list_tracks(spec: str) -> list[str]:
     """Tracks named by a list file (one path per line, relative to the file) or found in a folder."""
     p = Path(spec)
     if p.is_dir():
-        return sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+        return find_audio([spec], AUDIO_SUFFIXES)
     if p.is_file():
         lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         return [str((p.parent / ln) if not os.path.isabs(ln) else Path(ln)) for ln in lines]
