@@ -38,7 +38,12 @@ from .ffmpeg import AudioInfo, FFmpegProcess, probe, resample_args
 from .fsutil import STDIO, output_error
 
 
-def find_audio(paths: Iterable[str], suffixes: set[str]) -> list[str]:
+# What a folder scan picks up (encode, eval, train): everything ffmpeg decodes that is usually audio.
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma",
+                            ".webm", ".mka", ".mp4"})
+
+
+def find_audio(paths: Iterable[str], suffixes: Iterable[str] = AUDIO_SUFFIXES) -> list[str]:
     """Files as given; folders scanned recursively for files with ``suffixes`` (sorted)."""
     found: list[str] = []
     for p in paths:

@@ -11,7 +11,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import typer
 from rich.console import Console
@@ -24,11 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="WaLLoC audio codec: encode, decode and inspect .wlc files.")
 err = Console(stderr=True)
 out = Console()
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm",
-                  ".mka", ".mp4"}
 
 
-def _plan(paths: List[str], out_dir: Optional[Path], suffixes: set[str], new_suffix: str) -> List[tuple[str, str]]:
+def _plan(paths: List[str], out_dir: Optional[Path], suffixes: Iterable[str], new_suffix: str) -> List[tuple[str, str]]:
     """Pairs (input, output) from ``SRC [DST]`` or ``SRC... --out-dir DIR``."""
     if out_dir is None:
         if len(paths) == 2 and not os.path.isdir(paths[0]):
@@ -149,6 +147,8 @@ def encode(
         raise WallocError("--group-packets must be 1..64")
     if not (0.125 <= step_scale <= 8.0):
         raise WallocError("--step-scale must be 0.125..8")
+    from .audio import AUDIO_SUFFIXES
+
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
     args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, step_scale)
     for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):

@@ -56,7 +56,6 @@ from .fsutil import atomic_output
 from .linear_fit import paper_psnr
 from .pretrained import DEFAULT_MODEL, LoadedModel, list_models, load_model
 
-EVAL_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif"}
 OPUS_KBPS = (12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
 FFT_SIZES = (512, 1024, 2048)
 MIN_SECONDS = 1.0
@@ -512,7 +511,7 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
     if spec_name not in names:
         raise WallocError(f"--spectrogram-model {spec_name!r} is not among the evaluated models ({', '.join(names)})")
     spec_scale = 1.0 if 1.0 in step_scales else step_scales[0]
-    files = find_audio(paths, EVAL_SUFFIXES)
+    files = find_audio(paths)
     rate = loaded[0].config.sample_rate
     notes: list[str] = []
     if opus and not has_libopus():

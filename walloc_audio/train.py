@@ -44,7 +44,6 @@ from .errors import WallocError
 from .linear_fit import coefficient_covariance, iter_clips, linear_codec, paper_psnr
 from .model import CodecConfig, WallocCodec
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".m4a", ".aiff", ".aif"}
 
 
 @dataclass
@@ -138,7 +137,7 @@ def list_tracks(spec: str) -> list[str]:
     """Tracks named by a list file (one path per line, relative to the file) or found in a folder."""
     p = Path(spec)
     if p.is_dir():
-        return find_audio([spec], AUDIO_SUFFIXES)
+        return find_audio([spec])
     if p.is_file():
         lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         return [str((p.parent / ln) if not os.path.isabs(ln) else Path(ln)) for ln in lines]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from walloc_audio.audio import AudioReader, AudioWriter, audio_info, read_audio
+from walloc_audio.audio import AUDIO_SUFFIXES, AudioReader, AudioWriter, audio_info, find_audio, read_audio
 from walloc_audio.errors import AudioError, OutputError
 from walloc_audio.fsutil import atomic_output
 
@@ -243,3 +243,15 @@ def test_audio_info(tmp_path):
     info = audio_info(tmp_path / "a.m4a")
     assert info.sample_rate == 48000 and info.channels == 2 and "aac" in info.format
     assert abs(info.duration - 0.25) < 0.03
+
+
+def test_find_audio_scans_folders_with_one_suffix_set_and_keeps_files_as_given(tmp_path):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    for name in ("a.FLAC", "b/x.mka", "b/deep/y.wma", "b/notes.txt", "b/cover.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    given = tmp_path / "readme.txt"
+    given.write_bytes(b"")
+    found = find_audio([str(tmp_path / "b"), str(tmp_path / "a.FLAC"), str(given)])
+    assert found == [str(tmp_path / "b/deep/y.wma"), str(tmp_path / "b/x.mka"), str(tmp_path / "a.FLAC"), str(given)]
+    assert {".mp4", ".aac", ".opus", ".wav"} <= AUDIO_SUFFIXES
+    assert find_audio([str(tmp_path)], {".txt"}) == [str(tmp_path / "b/notes.txt"), str(given)]
