@@ -44,6 +44,9 @@ class LoadedModel:
     info: dict
     step_scale: float = 1.0
     base: "LoadedModel | None" = field(default=None, repr=False)  # the model at step scale 1
+    # Variants made by with_step_scale, kept on the base model: every file of a batch or
+    # eval run at the same scale shares one codec copy and one re-binned coder.
+    _scaled: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def config(self) -> CodecConfig:
@@ -65,6 +68,8 @@ class LoadedModel:
         base = self.base or self
         if s == 1.0:
             return base
+        if s in base._scaled:
+            return base._scaled[s]
         codec = copy.deepcopy(base.codec)
         with torch.no_grad():
             codec.bottleneck.log_step.add_(math.log(s))
@@ -72,7 +77,8 @@ class LoadedModel:
             coder = base.coder.scaled(s)
         else:
             coder = EntropyCoder(rebin_probabilities(base.coder.probabilities, s))
-        return replace(base, codec=codec, coder=coder, step_scale=s, base=base)
+        base._scaled[s] = replace(base, codec=codec, coder=coder, step_scale=s, base=base, _scaled={})
+        return base._scaled[s]
 
 
 def search_path() -> list[Path]:

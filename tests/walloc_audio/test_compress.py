@@ -121,6 +121,11 @@ def test_step_scale_trades_rate_for_quality_and_travels_in_the_header(shipped, m
     assert snrs[0] > snrs[1] > snrs[2] > 5.0
     with pytest.raises(Exception, match="step scale"):
         shipped.with_step_scale(100.0)
+    # One variant per scale, derived from the base whatever model asks; the base is untouched.
+    half = shipped.with_step_scale(0.5)
+    assert half is shipped.with_step_scale(0.5) is shipped.with_step_scale(2.0).with_step_scale(0.5)
+    assert half.with_step_scale(1.0) is shipped and shipped.step_scale == 1.0
+    assert half.codec is not shipped.codec and half.coder is not shipped.coder
 
 
 def test_context_coded_model_is_block_invariant_and_round_trips(tmp_path):
