@@ -59,15 +59,35 @@ def silent_stems(track) -> list[str]:
     return [s for s in STEMS if float(np.sqrt(np.mean(track.targets[s].audio ** 2))) < SILENCE_RMS]
 
 
+def codec_oracle(front, track) -> dict:
+    """Each reference stem through the codec alone (encode, decode): ``{stem: [T, C]}``.
+
+    The best any latent-domain separator on this codec can do -- exact latents
+    of every stem -- so its SDR is the ceiling the codec puts on latent learning.
+    """
+    with torch.no_grad():
+        out = {}
+        for s in STEMS:
+            ref = track.targets[s].audio
+            x = torch.from_numpy(np.ascontiguousarray(ref.T, dtype=np.float32))[None]
+            y = front.decode(front.encode(x)[:, None], ref.shape[0])[0, 0]  # [C, T]
+            out[s] = y.T.numpy().astype(np.float64)
+    return out
+
+
 def score_track(track, separate: Separate, win_seconds: float = 1.0) -> dict:
-    """museval (BSS-eval v4, 1 s windows) of one track: ``{stem: median over frames}``.
+    """museval (BSS-eval v4, 1 s windows) of one track separated by ``separate``; see :func:`score_estimates`."""
+    return score_estimates(track, separate(track.audio), win_seconds)
+
+
+def score_estimates(track, estimates: dict, win_seconds: float = 1.0) -> dict:
+    """museval (BSS-eval v4, 1 s windows) of estimates ``{stem: [T, C]}``: ``{stem: median over frames}``.
 
     Silent reference stems are left out of the evaluation itself (museval
     refuses them) and listed in ``"silent"``.
     """
     import museval
 
-    estimates = separate(track.audio)
     silent = silent_stems(track)
     scored = [s for s in STEMS if s not in silent]
     out = {"track": track.name, "silent": silent, "stems": {}}
