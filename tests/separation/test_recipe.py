@@ -25,7 +25,7 @@ def test_all_stages_on_a_tiny_set(tmp_path):
     sets = ["training.budget_minutes=1", "training.max_steps=3", "training.samples_per_epoch=4",
             "training.batch_size=2", "training.segment_seconds=1.0", "training.progress=false",
             "masker.kwargs={n_blocks: 2, n_repeats: 1, bn_chan: 16, hid_chan: 32, skip_chan: 16}",
-            "waveform.n_filters=32"]
+            "waveform.n_filters=32", "data.eval_jobs=2"]
     exp = tmp_path / "exp" / tag
     cmd = ["bash", str(RECIPE / "run.sh"), "--stage", "0", "--tag", tag, "--root", str(root), "--exp-dir", str(exp)]
     for s in sets:
@@ -34,7 +34,9 @@ def test_all_stages_on_a_tiny_set(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((exp / "results.json").read_text())
-    assert set(results) == {"latent", "waveform"}
+    assert set(results) == {"latent", "waveform", "codec ceiling"}
+    oracle = results.pop("codec ceiling")
+    assert oracle["train"] is None and oracle["aggregate"]["avg"]["SDR"] > 5.0  # true stems, only coded
     for m in results.values():
         assert m["train"]["steps"] == 3
         agg = m["aggregate"]

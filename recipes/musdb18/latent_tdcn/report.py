@@ -52,12 +52,18 @@ def main() -> None:
             rows[m] = {**json.loads(scores.read_text()), "train": json.loads(figs.read_text())}
     if not rows:
         raise SystemExit(f"no scored models under {args.exp}: run stages 2 and 3 first")
+    oracle = args.exp / "oracle" / "scores.json"
+    if oracle.exists():  # not trained: the codec's ceiling for latent models
+        rows["codec ceiling"] = {**json.loads(oracle.read_text()), "train": None}
     lines = [f"# Separation results ({args.exp.name})", "",
              "| model | " + " | ".join(STEMS) + " | avg SDR | masker params | budget | steps | examples/s | "
              "s/epoch | peak RSS |", "|---|" + "---|" * (len(STEMS) + 7)]
     for m, r in rows.items():
         a, t = r["aggregate"], r["train"]
         sdr = " | ".join(f"{a[s]['SDR']:.2f}" for s in STEMS)
+        if t is None:
+            lines.append(f"| {m} | {sdr} | {a['avg']['SDR']:.2f} |" + " – |" * 6)
+            continue
         lines.append(f"| {m} | {sdr} | {a['avg']['SDR']:.2f} | {t['masker_parameters']:,} | "
                      f"{t['wall_seconds'] / 60:.1f} min | {t['steps']} | {t['examples_per_second']:.1f} | "
                      f"{(t['seconds_per_epoch'] or float('nan')):.1f} | {t['peak_rss_mb']:.0f} MB |")

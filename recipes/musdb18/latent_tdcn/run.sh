@@ -6,7 +6,7 @@
 #
 # Stages: 0 prepare data (build the local MUSDB-style set unless --root is given)
 #         1 cache latents   2 train (both models, same wall-clock budget)
-#         3 evaluate (museval)   4 report (exp/TAG/results.md, results.json, sdr.svg)
+#         3 evaluate (museval; also the codec's ceiling)   4 report (exp/TAG/results.md, results.json, sdr.svg)
 # Runs unchanged on MUSDB18 (.stem.mp4), MUSDB18-HQ or the local set: pass --root.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,6 +39,8 @@ conf=$exp/conf.yml
 root=$($PYTHON -c "import yaml,sys; print(yaml.safe_load(open('$conf'))['data']['root'] or '')")
 max_seconds=$($PYTHON -c "import yaml; print(yaml.safe_load(open('$conf'))['data']['max_seconds'])")
 models=$($PYTHON -c "import yaml; print(' '.join(yaml.safe_load(open('$conf'))['training']['models']))")
+eval_jobs=$($PYTHON -c "import yaml; print(yaml.safe_load(open('$conf'))['data'].get('eval_jobs') or 1)")
+eval_oracle=$($PYTHON -c "import yaml; print(bool(yaml.safe_load(open('$conf'))['data'].get('eval_oracle', True)))")
 
 if [[ $stage -le 0 && 0 -le $stop_stage ]]; then
   if [[ -z $root ]]; then
@@ -65,8 +67,12 @@ fi
 if [[ $stage -le 3 && 3 -le $stop_stage ]]; then
   for m in $models; do
     echo "stage 3: evaluating $m"
-    $PYTHON eval.py --conf "$conf" --exp "$exp" --model "$m"
+    $PYTHON eval.py --conf "$conf" --exp "$exp" --model "$m" --jobs "$eval_jobs"
   done
+  if [[ $eval_oracle == True ]]; then
+    echo "stage 3: scoring the codec's ceiling (true stems through the codec)"
+    $PYTHON eval.py --conf "$conf" --exp "$exp" --model oracle --jobs "$eval_jobs"
+  fi
 fi
 if [[ $stage -le 4 && 4 -le $stop_stage ]]; then
   echo "stage 4: report"
