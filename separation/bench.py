@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from walloc_audio.pretrained import LoadedModel
 
-from .train import build, make_network
+from .train import build, make_loss, make_network
 
 
 def _synthetic_batches(kind: str, conf: dict, model: LoadedModel | None, batch: int):
@@ -44,6 +44,7 @@ def training_throughput(conf: dict, kinds=("latent", "waveform"), *, model: Load
     (the ratio only when both kinds ran).
     """
     tr = conf["training"]
+    loss_fn = make_loss(tr.get("loss", "mse"))
     runs = {}
     for kind in kinds:
         torch.manual_seed(tr["seed"])
@@ -59,7 +60,7 @@ def training_throughput(conf: dict, kinds=("latent", "waveform"), *, model: Load
     def step(run) -> int:
         x, y = next(run["batches"])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = torch.mean((run["net"](x) - y) ** 2)
+        loss = loss_fn(run["net"](x), y)
         run["opt"].zero_grad(set_to_none=True)
         loss.backward()
         run["opt"].step()

@@ -5,9 +5,10 @@ tracks with the same augmentation draws (:mod:`separation.data`) and the same
 wall-clock budget (``Trainer(max_time=...)``), with an Asteroid loss (MSE by
 default, or SNR / SI-SDR: ``training.loss``) in their own domain. The latent
 model's targets are cached WaLLoC latents; the codec's decoder is nearly
-orthonormal, so latent MSE tracks waveform MSE in the subspace the codec keeps. Lightning flags (``devices``, ``num_nodes``,
-``strategy``, ``accelerator``) pass straight through, so the same code trains
-on many GPUs. A crashed or interrupted run resumes from ``exp_dir/checkpoints/last.ckpt``.
+orthonormal, so latent MSE tracks waveform MSE in the subspace the codec keeps.
+Lightning flags (``devices``, ``num_nodes``, ``strategy``, ``accelerator``)
+pass straight through, so the same code trains on many GPUs. A crashed or
+interrupted run resumes from ``exp_dir/checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def train(kind: str, conf: dict, exp_dir: Path, model: LoadedModel | None = None
     loader = DataLoader(data, batch_size=tr["batch_size"], shuffle=False, num_workers=tr["num_workers"],
                         drop_last=True, persistent_workers=tr["num_workers"] > 0)
     optimizer = torch.optim.Adam(net.parameters(), lr=tr["lr"])
-    system = System(net, optimizer, make_loss(tr.get("loss", "mse")), loader)  # the resolved conf.yml sits beside the run
+    system = System(net, optimizer, make_loss(tr.get("loss", "mse")), loader)  # conf.yml sits beside the run
     timing = _Timing()
     ckpt_dir = exp_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
