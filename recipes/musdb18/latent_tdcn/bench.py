@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from resolve_conf import set_path
+from resolve_conf import apply_sets
 from separation.bench import training_throughput
 from separation.cache import open_cache
 from walloc_audio.pretrained import load_model
@@ -35,10 +35,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    conf = yaml.safe_load(args.conf.read_text())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_path(conf, key, value)
+    conf = apply_sets(yaml.safe_load(args.conf.read_text()), args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds = args.models.split(",")

@@ -17,6 +17,14 @@ def set_path(conf: dict, dotted: str, value: str) -> None:
     node[keys[-1]] = yaml.safe_load(value)  # "30" -> 30, "[a, b]" -> list, "null" -> None
 
 
+def apply_sets(conf: dict, items: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides (dotted keys, YAML values) to ``conf`` in place; returns it."""
+    for item in items:
+        key, _, value = item.partition("=")
+        set_path(conf, key, value)
+    return conf
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--conf", type=Path, required=True)
@@ -24,10 +32,7 @@ def main() -> None:
     ap.add_argument("--root", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    conf = yaml.safe_load(args.conf.read_text())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_path(conf, key, value)
+    conf = apply_sets(yaml.safe_load(args.conf.read_text()), args.set)
     if args.root:
         conf["data"]["root"] = str(Path(args.root).resolve())
     args.out.parent.mkdir(parents=True, exist_ok=True)
