@@ -72,6 +72,10 @@ class Bottleneck(nn.Module):
         step = step[:, None] if y.dim() >= 2 else step
         return y / step, step
 
+    def companded(self, y: torch.Tensor) -> torch.Tensor:
+        """Latents in symbol units before rounding: ``compand(y / step)`` (differentiable)."""
+        return self.compand(self._scaled(y)[0])
+
     def forward(self, y: torch.Tensor, mode: str = "noise") -> torch.Tensor:
         """Quantize float latents ``y``; returns dequantized latents (or symbols)."""
         if mode == "symbols":
@@ -91,8 +95,8 @@ class Bottleneck(nn.Module):
     def symbols(self, y: torch.Tensor) -> torch.Tensor:
         """Integer symbols in ``[-A, A]`` for latents ``[L, K]`` or ``[B, L, K]``."""
         assert y.shape[-2] == self.channels, f"expected [..., {self.channels}, K], got {tuple(y.shape)}"
-        u, _ = self._scaled(y.detach().to(torch.float32))
-        return torch.round(self.compand(u)).clamp_(-self.max_symbol, self.max_symbol).to(torch.int32)
+        v = self.companded(y.detach().to(torch.float32))
+        return torch.round(v).clamp_(-self.max_symbol, self.max_symbol).to(torch.int32)
 
     @torch.no_grad()
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,6 @@ from .linear_fit import coefficient_covariance, iter_clips, linear_codec, paper_
 from .model import CodecConfig, WallocCodec
 
 
-
 @dataclass
 class TrainConfig:
     """One training run. Every field can be set in the YAML file or with ``--set key=value``."""
@@ -310,7 +309,7 @@ def make_module(cfg: TrainConfig, codec: WallocCodec):
         def _losses(self, x: torch.Tensor, mode: str) -> dict:
             c = self.codec
             y_lat = c.analyze(x)
-            v = c.bottleneck.compand(c.bottleneck._scaled(y_lat)[0])
+            v = c.bottleneck.companded(y_lat)
             zq = c.bottleneck(y_lat, mode)
             y = c.synthesize(zq)
             d, w = self.delay, self.warmup
@@ -412,9 +411,8 @@ def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig
         for t in tracks:
             x = t[None, :, : min(n, t.shape[1] // codec.config.frame * codec.config.frame)].float()
             y = codec.analyze(x)[0]
-            u, _ = bn._scaled(y)
             symbols.append(bn.symbols(y).numpy())
-            values.append(bn.compand(u).numpy())
+            values.append(bn.companded(y).numpy())
     if kind == "context":
         scales, offsets, thresholds = fit_context_model(symbols, values, max_symbol=bn.max_symbol)
         if not centroids:
