@@ -144,6 +144,7 @@ class PacketDecoder:
         self.config = model.config
         codec = model.codec
         self._linear = codec.decoder.net is None
+        self._net = None  # incremental causal net (NetStream), when the decoder has one
         with torch.no_grad():
             if self._linear:
                 self._fir = FrameFIR(codec.synthesis_taps().detach().contiguous())
@@ -155,7 +156,7 @@ class PacketDecoder:
 
     def reset(self) -> None:
         self._fir.reset()
-        if not self._linear and self._net is not None:
+        if self._net is not None:
             self._net.reset()
         self._latents = torch.zeros(self.config.latent_dim, 0)
         self._received = self._emitted = 0
