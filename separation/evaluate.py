@@ -65,14 +65,11 @@ def codec_oracle(front, track) -> dict:
     The best any latent-domain separator on this codec can do -- exact latents
     of every stem -- so its SDR is the ceiling the codec puts on latent learning.
     """
+    refs = np.stack([track.targets[s].audio.T for s in STEMS]).astype(np.float32)  # [S, C, T]
     with torch.no_grad():
-        out = {}
-        for s in STEMS:
-            ref = track.targets[s].audio
-            x = torch.from_numpy(np.ascontiguousarray(ref.T, dtype=np.float32))[None]
-            y = front.decode(front.encode(x)[:, None], ref.shape[0])[0, 0]  # [C, T]
-            out[s] = y.T.numpy().astype(np.float64)
-    return out
+        z = front.encode(torch.from_numpy(refs))  # [S, L, K]
+        y = front.decode(z[None], refs.shape[-1])[0]  # [S, C, T]
+    return {s: y[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
 
 
 def score_track(track, separate: Separate, win_seconds: float = 1.0) -> dict:
