@@ -76,8 +76,11 @@ def _one_thread() -> None:
 
 def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str], monitor: bool,
                input_device, output_device, block_size: int, seconds: Optional[float],
-               frames_per_packet: int, rate: Optional[int], channels: int, force: bool, quiet: bool) -> dict:
+               frames_per_packet: int, rate: Optional[int], channels: int, force: bool, quiet: bool,
+               quality: Optional[float] = None, kbps: Optional[float] = None, warn=None) -> dict:
     """Microphone -> encoder -> file / network / stdout (and optionally -> decoder -> speaker)."""
+    from walloc_audio.compress import check_rate
+
     from .live import AudioInput, AudioOutput
     from .panel import LivePanel
 
@@ -86,7 +89,10 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     _one_thread()
     model = load_model(model_name or DEFAULT_MODEL)
     cfg = model.config
-    enc = StreamEncoder(model, frames_per_packet)
+    quality, kbps, warning = check_rate(model, quality, kbps, frames_per_packet)
+    if warning and warn:
+        warn(warning)
+    enc = StreamEncoder(model, frames_per_packet, quality=quality, kbps=kbps)
     stats = {"packets": 0, "bytes": 0, "samples": 0}
     with contextlib.ExitStack() as stack:
         mic = stack.enter_context(AudioInput(input_device, rate or cfg.sample_rate, channels, block_size))
@@ -102,7 +108,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
         speaker = dec = None
         if monitor:
             speaker = stack.enter_context(AudioOutput(output_device, cfg.sample_rate, cfg.channels, block_size))
-            dec = StreamDecoder(model, frames_per_packet)
+            dec = StreamDecoder(model, frames_per_packet, header=header)
         panel = stack.enter_context(LivePanel(f"walloc-audio stream ({model.name})", disable=True if quiet else None))
         algo_ms = _ms(enc.latency_samples, cfg.sample_rate)
         limit = None if seconds is None else int(seconds * mic.sample_rate)
@@ -170,7 +176,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
             raise WallocError(f"{url}: stream did not start with a header")
         model = load_model(header.model, expected_sha256=header.model_sha256).with_step_scale(header.step_scale)
         cfg = model.config
-        dec = StreamDecoder(model, header.frames_per_packet)
+        dec = StreamDecoder(model, header.frames_per_packet, header=header)
         channels = 1 if header.channel_mode == "mono" else cfg.channels
         writer = speaker = None
         if out:

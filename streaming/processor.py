@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from walloc_audio import __version__
+from walloc_audio.adaptive import bands_for
 from walloc_audio.bitstream import Packet, StreamHeader, header_bytes, pack_end, pack_packet
-from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
-from walloc_audio.compress import channel_mode_for, map_channels
+from walloc_audio.codec_stream import PacketDecoder, PacketEncoder, RateSpec
+from walloc_audio.compress import channel_mode_for, map_channels, stream_header
 from walloc_audio.pretrained import LoadedModel
+
+
+# A live packet's payload must leave room in a 1200-byte datagram for the datagram and packet framing.
+MAX_STREAM_PAYLOAD = 1100
 
 
 def packet_latency(model: LoadedModel, frames_per_packet: int) -> int:
@@ -45,10 +49,13 @@ class StreamEncoder:
             (14 bytes of framing per packet).
     """
 
-    def __init__(self, model: LoadedModel, frames_per_packet: int = 2):
+    def __init__(self, model: LoadedModel, frames_per_packet: int = 2, quality: float | None = None,
+                 kbps: float | None = None, max_payload: int | None = MAX_STREAM_PAYLOAD):
         self.model = model
         self.frames_per_packet = frames_per_packet
-        self._enc = PacketEncoder(model, frames_per_packet, group_packets=1)
+        self.version = 2 if model.adaptive is not None else 1
+        rate = RateSpec(quality, kbps, max_payload=max_payload) if self.version == 2 else None
+        self._enc = PacketEncoder(model, frames_per_packet, group_packets=1, rate=rate)
         self._resampler = None
         self.sample_rate = model.config.sample_rate
         self.channels = model.config.channels
@@ -71,13 +78,8 @@ class StreamEncoder:
             self._resampler = StreamResampler(self.sample_rate, self.model.config.sample_rate, self.channels)
 
     def header(self) -> StreamHeader:
-        c = self.model.config
-        return StreamHeader(
-            model=self.model.name, model_sha256=self.model.sha256, sample_rate=c.sample_rate, channels=c.channels,
-            J=c.J, latent_dim=c.latent_dim, frames_per_packet=self.frames_per_packet,
-            source_sample_rate=self.sample_rate, source_channels=self.channels, channel_mode=self.channel_mode,
-            encoder_version=__version__, step_scale=self.model.step_scale, extra={"group_packets": 1},
-        )
+        return stream_header(self.model, self.frames_per_packet, self.sample_rate, self.channels, self.channel_mode,
+                             self.version, {"group_packets": 1})
 
     def header_bytes(self) -> bytes:
         return header_bytes(self.header())
@@ -140,10 +142,15 @@ class StreamDecoder:
     frames of any packets skipped before it (assuming full-size packets).
     """
 
-    def __init__(self, model: LoadedModel, frames_per_packet: int | None = None):
+    def __init__(self, model: LoadedModel, frames_per_packet: int | None = None, header: StreamHeader | None = None):
         self.model = model
-        self.frames_per_packet = frames_per_packet or 1
-        self._dec = PacketDecoder(model)
+        self.frames_per_packet = frames_per_packet or (header.frames_per_packet if header else 1)
+        if header is not None:
+            self._dec = PacketDecoder.for_header(model, header)
+        else:  # what a StreamEncoder of the same model and packet size sends
+            v2 = model.adaptive is not None
+            self._dec = PacketDecoder(model, 2 if v2 else 1,
+                                      bands_for(self.frames_per_packet, model.config.latent_dim) if v2 else 0)
         self.reset()
 
     def prepare(self, sample_rate: int, channels: int, max_block: int = 8192) -> None:
@@ -189,12 +196,14 @@ class CodecProcessor:
     exactly ``latency_samples`` (the output starts with silence). Runs at the
     model's rate and channel count, as an effect plugin would."""
 
-    def __init__(self, model: LoadedModel, frames_per_packet: int = 1):
+    def __init__(self, model: LoadedModel, frames_per_packet: int = 1, quality: float | None = None):
         self.model = model
         self.frames_per_packet = frames_per_packet
         self.channels = model.config.channels
-        self._enc = PacketEncoder(model, frames_per_packet, group_packets=1)
-        self._dec = PacketDecoder(model)
+        version = 2 if model.adaptive is not None else 1
+        self._enc = PacketEncoder(model, frames_per_packet, group_packets=1,
+                                  rate=RateSpec(quality) if version == 2 else None)
+        self._dec = PacketDecoder(model, version, self._enc.bands)
         self.reset()
 
     @property

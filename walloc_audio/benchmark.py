@@ -54,7 +54,7 @@ def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats:
             packets += enc.push(x[:, i : i + block])
         packets += enc.flush()
         best_enc = min(best_enc, time.perf_counter() - t0)
-        dec = PacketDecoder(model)
+        dec = PacketDecoder(model, enc.version, enc.bands)
         t0 = time.perf_counter()
         for i in range(0, len(packets), 16):
             dec.decode_many(packets[i : i + 16])

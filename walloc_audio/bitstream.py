@@ -3,13 +3,27 @@
 Layout (all integers little-endian)::
 
     magic     8 bytes   b"\\x89WLC\\r\\n\\x1a\\n"   (catches text-mode and 7-bit mangling)
-    version   u16       1
+    version   u16       2 (1: fixed-step files, still read)
     length    u32       header JSON length, <= 64 KiB
     crc32     u32       of the header JSON
     header    JSON object (see :class:`StreamHeader`)
     packets:  length u32 | sequence u32 | frames u16 | crc32 u32 | payload
               crc32 covers sequence, frames and payload
     end:      a packet with frames = 0 whose payload is <u64 samples, u64 source samples>
+
+Version 2 (``quantizer: "adaptive"``) keeps this framing and changes what a
+payload holds: side information first -- the packet's step exponent (or a
+silent-packet mark) and one scale per band of latent channels (``bands`` in
+the header) -- then the symbols of the bands that are not all zero, coded
+conditioned on it (:mod:`walloc_audio.adaptive`). The header names the v2
+entropy model by ``entropy_sha256`` beside the weights' ``model_sha256``, and
+``step_scale`` is 1 (the step travels in each packet). Version 1
+(``quantizer: "fixed"``): one absolute step for the whole stream, ``step_scale``
+times the model's.
+
+A header must agree with itself: ``channel_mode`` native means as many source
+channels as coded ones, mono means one, downmix more; version and quantizer go
+together; ``bands`` fits the latents.
 
 Every size read from the stream is checked against a limit derived from the
 header before anything is allocated; every violation -- bad magic, unknown
@@ -30,7 +44,9 @@ from typing import BinaryIO, Iterator
 from .errors import BitstreamError
 
 MAGIC = b"\x89WLC\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)
+MAX_BANDS = 64
 MAX_HEADER_BYTES = 64 * 1024
 MAX_FRAMES_PER_PACKET = 4096
 MAX_PACKET_BYTES = 16 * 1024 * 1024
@@ -54,16 +70,26 @@ class StreamHeader:
     source_channels: int
     channel_mode: str = "native"
     encoder_version: str = ""
-    step_scale: float = 1.0  # quantizer step / the model's (the bitrate knob); absent in older files
+    step_scale: float = 1.0  # v1: quantizer step / the model's (the bitrate knob); v2: always 1
+    quantizer: str = "fixed"  # v1 "fixed"; v2 "adaptive"
+    bands: int = 0  # v2: band scales per packet
+    entropy_sha256: str = ""  # v2: sha256 of the model's v2 entropy model
     extra: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return 2 if self.quantizer == "adaptive" else 1
 
     def validate(self) -> None:
         def check(ok: bool, what: str) -> None:
             if not ok:
                 raise BitstreamError(f"invalid header: {what}")
 
+        def is_hex64(v) -> bool:
+            return isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v)
+
         check(isinstance(self.model, str) and 0 < len(self.model) <= 128, "model name")
-        check(isinstance(self.model_sha256, str) and len(self.model_sha256) == 64, "model sha256")
+        check(is_hex64(self.model_sha256), "model sha256")
         for name, lo, hi in [("sample_rate", 8000, 384000), ("channels", 1, 16), ("J", 1, 12),
                              ("frames_per_packet", 1, MAX_FRAMES_PER_PACKET),
                              ("source_sample_rate", 1000, 768000), ("source_channels", 1, 64)]:
@@ -73,20 +99,39 @@ class StreamHeader:
               f"latent_dim={self.latent_dim!r}")
         check(type(self.step_scale) in (int, float) and 0.125 <= self.step_scale <= 8.0,
               f"step_scale={self.step_scale!r} outside 0.125..8")
-        check(self.channel_mode in ("native", "mono", "downmix"), f"channel_mode={self.channel_mode!r}")
+        check(isinstance(self.channel_mode, str) and self.channel_mode in ("native", "mono", "downmix"),
+              f"channel_mode={self.channel_mode!r}")
         check(isinstance(self.encoder_version, str) and isinstance(self.extra, dict), "types")
+        # A header that contradicts itself is as corrupt as one that fails its checksum.
+        mode, src, ch = self.channel_mode, self.source_channels, self.channels
+        check(mode != "native" or src == ch, f"channel_mode native with {src} source channels for {ch} coded")
+        check(mode != "mono" or (src == 1 and ch > 1), f"channel_mode mono with {src} source / {ch} coded channels")
+        check(mode != "downmix" or src > ch, f"channel_mode downmix from {src} to {ch} channels")
+        check(isinstance(self.quantizer, str) and self.quantizer in ("fixed", "adaptive"),
+              f"quantizer={self.quantizer!r}")
+        if self.quantizer == "adaptive":
+            check(type(self.bands) is int and 1 <= self.bands <= min(MAX_BANDS, self.latent_dim),
+                  f"bands={self.bands!r} outside 1..{min(MAX_BANDS, self.latent_dim)}")
+            check(is_hex64(self.entropy_sha256), "entropy sha256")
+            check(self.step_scale == 1, f"step_scale={self.step_scale!r} in an adaptive stream")
+        else:
+            check(self.bands == 0 and self.entropy_sha256 == "", "bands / entropy sha256 in a fixed-step stream")
 
     @property
     def max_payload(self) -> int:
         # A range coder spends at most ~24 bits on a symbol whose probability is
-        # quantized to >= 2**-24; allow 4 bytes per symbol plus slack.
-        return min(MAX_PACKET_BYTES, 4 * self.frames_per_packet * self.latent_dim + 64)
+        # quantized to >= 2**-24; allow 4 bytes per symbol plus slack (side information included).
+        return min(MAX_PACKET_BYTES, 4 * self.frames_per_packet * self.latent_dim + 64 + 4 * self.bands)
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": "walloc-audio", **asdict(self)}, sort_keys=True).encode()
+        d = asdict(self)
+        if self.quantizer == "fixed":  # byte-for-byte the version-1 header
+            for k in ("quantizer", "bands", "entropy_sha256"):
+                d.pop(k)
+        return json.dumps({"format": "walloc-audio", **d}, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "StreamHeader":
+    def from_json(cls, data: bytes, version: int = VERSION) -> "StreamHeader":
         try:
             d = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -98,6 +143,8 @@ class StreamHeader:
         except TypeError as exc:
             raise BitstreamError(f"header fields do not match this version ({exc})") from None
         h.validate()
+        if h.version != version:
+            raise BitstreamError(f"header of a version-{h.version} stream in a version-{version} file")
         return h
 
 
@@ -125,14 +172,14 @@ def read_header(f: BinaryIO) -> StreamHeader:
     magic, version, length, crc = _PREFIX.unpack(read_exactly(f, _PREFIX.size, "file prefix"))
     if magic != MAGIC:
         raise BitstreamError("not a .wlc file (bad magic)")
-    if version != VERSION:
-        raise BitstreamError(f"unsupported .wlc version {version} (this reader knows {VERSION})")
+    if version not in VERSIONS:
+        raise BitstreamError(f"unsupported .wlc version {version} (this reader knows {', '.join(map(str, VERSIONS))})")
     if not 2 <= length <= MAX_HEADER_BYTES:
         raise BitstreamError(f"header length {length} outside 2..{MAX_HEADER_BYTES}")
     data = read_exactly(f, length, "header")
     if zlib.crc32(data) != crc:
         raise BitstreamError("header checksum mismatch (corrupt file)")
-    return StreamHeader.from_json(data)
+    return StreamHeader.from_json(data, version)
 
 
 def write_header(f: BinaryIO, header: StreamHeader) -> None:
@@ -140,7 +187,7 @@ def write_header(f: BinaryIO, header: StreamHeader) -> None:
     data = header.to_json()
     if len(data) > MAX_HEADER_BYTES:
         raise BitstreamError("header too large")
-    f.write(_PREFIX.pack(MAGIC, VERSION, len(data), zlib.crc32(data)) + data)
+    f.write(_PREFIX.pack(MAGIC, header.version, len(data), zlib.crc32(data)) + data)
 
 
 def packet_limits(header: StreamHeader, frames: int) -> int:
@@ -205,8 +252,9 @@ class BitstreamWriter:
     def __init__(self, f: BinaryIO, header: StreamHeader):
         self.f, self.header = f, header
         self.sequence = 0
-        self.bytes_written = 0
-        write_header(f, header)
+        prefix = header_bytes(header)
+        f.write(prefix)
+        self.bytes_written = len(prefix)  # everything written: header, packets, end packet
 
     def write(self, frames: int, payload: bytes) -> bytes:
         assert 1 <= frames <= self.header.frames_per_packet, f"bad frame count {frames}"
@@ -218,7 +266,9 @@ class BitstreamWriter:
         return data
 
     def close(self, num_samples: int, source_samples: int) -> None:
-        self.f.write(pack_end(self.sequence, num_samples, source_samples))
+        end = pack_end(self.sequence, num_samples, source_samples)
+        self.f.write(end)
+        self.bytes_written += len(end)
         self.f.flush()
 
 

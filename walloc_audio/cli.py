@@ -57,13 +57,17 @@ def _set_threads(threads: int) -> None:
 
 
 def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, group: int, downmix: bool,
-                step_scale: float, threads: int, progress=None):
-    from .compress import compress_file
+                quality: Optional[float], kbps: Optional[float], threads: int, progress=None):
+    from .compress import check_rate, compress_file
     from .pretrained import load_model
 
     _set_threads(threads)
-    return compress_file(src, dst, load_model(model_name), overwrite=force, frames_per_packet=fpp, downmix=downmix,
-                         progress=progress, group_packets=group, step_scale=step_scale)
+    model = load_model(model_name)
+    quality, kbps, warning = check_rate(model, quality, kbps, fpp)
+    if warning:
+        err.print(f"walloc-audio: {warning}", highlight=False, markup=False, soft_wrap=True)
+    return compress_file(src, dst, model, overwrite=force, frames_per_packet=fpp, downmix=downmix,
+                         progress=progress, group_packets=group, quality=quality, kbps=kbps)
 
 
 def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int, progress=None):
@@ -134,23 +138,33 @@ def encode(
     frames_per_packet: int = typer.Option(64, help="latent frames per packet (seek/loss granularity)"),
     group_packets: int = typer.Option(4, help="packets per filter call (1 = the bytes a live stream makes)"),
     downmix: bool = typer.Option(False, help="average inputs with more channels than the model"),
-    step_scale: float = typer.Option(1.0, "--step-scale", "-s",
-                                     help="quantizer step x S: >1 smaller files, <1 higher quality (0.125..8)"),
+    quality: Optional[float] = typer.Option(None, "--quality", "-Q",
+                                            help="constant quality 0..10 (default 5: ~30 kbps on mastered music "
+                                                 "with stereo-5x; +1 = 3 dB less noise)"),
+    bitrate: Optional[float] = typer.Option(None, "--bitrate", "-b",
+                                            help="average kbps instead, container included (clamped to the model)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Encode audio (WAV, FLAC, OGG, Opus, MP3, anything ffmpeg reads; - for stdin) to .wlc."""
+    import math
+
     from .pretrained import DEFAULT_MODEL
+    from .ratecontrol import Q_MAX, Q_MIN
 
     if not 1 <= frames_per_packet <= 4096:
         raise WallocError("--frames-per-packet must be 1..4096")
     if not 1 <= group_packets <= 64:
         raise WallocError("--group-packets must be 1..64")
-    if not (0.125 <= step_scale <= 8.0):
-        raise WallocError("--step-scale must be 0.125..8")
+    if quality is not None and bitrate is not None:
+        raise WallocError("give --quality or --bitrate, not both")
+    if quality is not None and not (math.isfinite(quality) and Q_MIN <= quality <= Q_MAX):
+        raise WallocError(f"--quality must be {Q_MIN:g}..{Q_MAX:g}")
+    if bitrate is not None and not (math.isfinite(bitrate) and bitrate > 0):
+        raise WallocError("--bitrate must be a positive number of kbps")
     from .audio import AUDIO_SUFFIXES
 
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
-    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, step_scale)
+    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, quality, bitrate)
     for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):
         if not quiet and dst != "-":
             clip = f", [yellow]{st.clipped} samples clipped[/yellow]" if st.clipped else ""
@@ -197,7 +211,9 @@ def info(path: str = typer.Argument(..., help="a .wlc file")):
     for k, v in [("file", path), ("model", f"{h.model} (sha256 {h.model_sha256[:16]}...)"),
                  ("duration", f"{dur:.3f} s ({r.num_samples} samples at {h.sample_rate} Hz)"),
                  ("source", f"{h.source_sample_rate} Hz, {h.source_channels} ch, mode {h.channel_mode}"),
-                 ("codec", f"J={h.J}, {h.latent_dim} latents, {h.channels} ch, step scale {h.step_scale:g}"),
+                 ("codec", f"J={h.J}, {h.latent_dim} latents, {h.channels} ch"),
+                 ("bitstream", f"version {h.version}, " + (f"adaptive step, {h.bands} band scales per packet"
+                                                           if h.version == 2 else f"fixed step x{h.step_scale:g}")),
                  ("packets", f"{packets} x up to {h.frames_per_packet} frames ({r.total_frames} frames)"),
                  ("size", f"{size} bytes, {8 * size / max(dur, 1e-9) / 1000:.2f} kbps"),
                  ("bits/latent", f"{8 * size / max(r.total_frames * h.latent_dim, 1):.3f}"),
@@ -229,8 +245,11 @@ def models():
 def evaluate(
     paths: List[str] = typer.Argument(..., help="audio files and/or folders (searched recursively)"),
     models: Optional[str] = typer.Option(None, "--models", help="comma-separated model names (default: all installed)"),
-    step_scales: str = typer.Option("1", "--step-scales",
-                                    help="quantizer step multipliers, e.g. 1,1.5,2 (>1: fewer kbps; 0.125..8)"),
+    qualities: str = typer.Option("5", "--qualities", help="version-2 qualities, e.g. 3,5,7 (0..10)"),
+    bitrates: str = typer.Option("", "--bitrates", help="version-2 target bitrates, e.g. 16,32 (rate accuracy)"),
+    step_scales: str = typer.Option("", "--step-scales",
+                                    help="also version-1 points (fixed step) at these multipliers, e.g. 1,2"),
+    gains: str = typer.Option("0", "--gains", help="input gains in dB for a level sweep, e.g. 0,-10,-20,-30,-40"),
     opus_kbps: str = typer.Option("12,16,24,32,48,64", "--opus-kbps", help="Opus baseline bitrates"),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="use only the first S seconds of each track"),
     out_dir: Path = typer.Option(Path("eval-out"), "--out", "-o",
@@ -247,10 +266,14 @@ def evaluate(
     if seconds is not None and not seconds > 0:
         raise WallocError("--seconds must be > 0")
     names = [n.strip() for n in models.split(",") if n.strip()] if models else None
-    scales = parse_numbers(step_scales, "--step-scales", 0.125, 8.0)
+    scales = parse_numbers(step_scales, "--step-scales", 0.125, 8.0) if step_scales.strip() else []
+    quals = parse_numbers(qualities, "--qualities", 0.0, 10.0) if qualities.strip() else []
+    rates = parse_numbers(bitrates, "--bitrates", 1.0, 1000.0) if bitrates.strip() else []
+    levels = parse_numbers(gains, "--gains", -90.0, 0.0)
     kbps = parse_numbers(opus_kbps, "--opus-kbps", 6.0, 510.0) if opus else []
     log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
-    result = evaluate_paths(paths, names, scales, kbps, seconds, opus, spectrogram_model, out_dir, log)
+    result = evaluate_paths(paths, names, scales, kbps, seconds, opus, spectrogram_model, out_dir, log,
+                            qualities=quals, gains=levels, bitrates=rates)
     headers, rows = table_rows(result, TERMINAL_KEYS)
     t = Table(title=f"walloc-audio eval: {summary_line(result)}", box=box.SIMPLE_HEAD, padding=(0, 1),
               caption=f"dB except mel (a distance); Δ: vs Opus at the same kbps; all columns in "
@@ -354,6 +377,9 @@ def stream(
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="stop after this much audio"),
     frames_per_packet: int = typer.Option(2, "--frames-per-packet", help="latency vs 14-byte packet overhead"),
+    quality: Optional[float] = typer.Option(None, "--quality", "-Q", help="constant quality 0..10 (default 5)"),
+    bitrate: Optional[float] = typer.Option(None, "--bitrate", "-b",
+                                            help="average kbps instead, packet framing included"),
     rate: Optional[int] = typer.Option(None, "--rate", help="device rate (default: the model's; resampled)"),
     channels: int = typer.Option(2, "--channels", help="channels to capture (1 = mono)"),
     force: bool = typer.Option(False, "--force", "-f"),
@@ -372,10 +398,19 @@ def stream(
         out_console = Console()
         out_console.print(t)
         return
+    import math
+
     from streaming.commands import run_stream
 
+    if quality is not None and bitrate is not None:
+        raise WallocError("give --quality or --bitrate, not both")
+    if quality is not None and not (math.isfinite(quality) and 0 <= quality <= 10):
+        raise WallocError("--quality must be 0..10")
+    if bitrate is not None and not (math.isfinite(bitrate) and bitrate > 0):
+        raise WallocError("--bitrate must be a positive number of kbps")
     st = run_stream(model, out, send, monitor, _device(input_device), _device(output_device), block_size, seconds,
-                    frames_per_packet, rate, channels, force, quiet)
+                    frames_per_packet, rate, channels, force, quiet, quality, bitrate,
+                    warn=lambda w: err.print(f"walloc-audio: {w}", highlight=False, markup=False, soft_wrap=True))
     if not quiet:
         kbps = 8 * st["bytes"] / max(st["seconds"], 1e-9) / 1000
         err.print(f"streamed {st['seconds']:.2f} s in {st['packets']} packets, {kbps:.1f} kbps, algorithmic "

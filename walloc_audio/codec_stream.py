@@ -16,6 +16,13 @@ reproducible; quantization is an exactly rounded function of each latent
 (:mod:`walloc_audio.bottleneck`). Files use ``G = 4`` for throughput; a live
 stream uses ``G = 1`` so a packet leaves as soon as its frames are in. Bytes
 are identical for the same ``(F, G)``.
+
+Version 2 (the default where the model has a v2 entropy model): each packet's
+step follows the signal level and the quality or bitrate asked for
+(:mod:`walloc_audio.ratecontrol`), and its payload carries that side
+information (:mod:`walloc_audio.adaptive`). The decisions depend only on the
+latents of earlier and current packets, so bytes still do not depend on how
+the input was cut into blocks.
 """
 
 from __future__ import annotations
@@ -28,8 +35,33 @@ import torch
 from .errors import BitstreamError
 from .decoder import NetStream
 from .framefir import FrameFIR, fir_frames
+from .adaptive import E_MAX, bands_for
 from .pretrained import LoadedModel
+from .ratecontrol import Q_DEFAULT, Q_MAX, Q_MIN, BitrateControl, LevelTracker, exponent_for
 from .wavelets import frames_from_signal, signal_from_frames
+
+FRAMING_BYTES = 14  # container bytes per packet beside the payload (bitstream._PACKET)
+
+
+class RateSpec:
+    """What the encoder is asked for: a constant quality or an average bitrate (v2 only).
+
+    Args:
+        quality: ``Q`` in 0..10 (constant quality); the default when ``kbps`` is None.
+        kbps: average bitrate, container bytes included.
+        max_payload: hard cap on a packet's payload bytes (datagrams); the step is
+            coarsened until a packet fits.
+        framing_bytes / fixed_bytes: bytes per packet beside the payload, and paid once
+            (header, end packet), counted inside ``kbps``.
+    """
+
+    def __init__(self, quality: float | None = None, kbps: float | None = None, max_payload: int | None = None,
+                 framing_bytes: int = FRAMING_BYTES, fixed_bytes: int = 0):
+        if quality is not None and kbps is not None:
+            raise ValueError("give a quality or a bitrate, not both")
+        self.quality = Q_DEFAULT if quality is None and kbps is None else quality
+        self.kbps, self.max_payload = kbps, max_payload
+        self.framing_bytes, self.fixed_bytes = framing_bytes, fixed_bytes
 
 
 class PacketEncoder:
@@ -44,12 +76,19 @@ class PacketEncoder:
     in :attr:`clipped`.
     """
 
-    def __init__(self, model: LoadedModel, frames_per_packet: int = 64, group_packets: int = 1):
+    def __init__(self, model: LoadedModel, frames_per_packet: int = 64, group_packets: int = 1,
+                 rate: RateSpec | None = None, version: int | None = None):
         assert frames_per_packet >= 1 and group_packets >= 1
         self.model = model
         self.config = c = model.config
         self.frames_per_packet = frames_per_packet
         self.group_packets = group_packets
+        self.version = version or (2 if model.adaptive is not None else 1)
+        if self.version == 2 and model.adaptive is None:
+            raise ValueError(f"model {model.name!r} has no version-2 entropy model")
+        self.rate = rate or RateSpec()
+        self.bands = bands_for(frames_per_packet, c.latent_dim) if self.version == 2 else 0
+        self.packet_seconds = frames_per_packet * c.frame / c.sample_rate
         self.packet_samples = frames_per_packet * c.frame
         self.group_samples = group_packets * self.packet_samples
         with torch.no_grad():
@@ -65,6 +104,31 @@ class PacketEncoder:
         self.samples_in = 0
         self.frames_out = 0
         self.clipped = 0
+        self.qualities: list[float] = []  # Q of each v2 packet (rate control's trace)
+        if self.version == 2:
+            ad = self.model.adaptive
+            self._level = LevelTracker(ad.reference_level, self.packet_seconds)
+            r = self.rate
+            self._control = None
+            if r.kbps is not None:
+                self._control = BitrateControl(r.kbps, self.packet_seconds, r.framing_bytes, r.fixed_bytes,
+                                               initial_quality_for(self.model, r.kbps, self.frames_per_packet))
+
+    def _code_v2(self, y: np.ndarray, frames: int) -> bytes:
+        """Choose the step of one packet's latents ``[L, n]``, quantize and code them."""
+        ad = self.model.adaptive
+        envelope = self._level.update(y)
+        quality = self._control.quality if self._control is not None else self.rate.quality
+        exponent = exponent_for(envelope, quality)
+        payload = ad.encode(ad.quantize(y, exponent, self.bands), self.bands)
+        cap = self.rate.max_payload
+        while cap is not None and len(payload) > cap and exponent < E_MAX:
+            exponent = min(exponent + 4, E_MAX)  # 3 dB coarser until the datagram fits
+            payload = ad.encode(ad.quantize(y, exponent, self.bands), self.bands)
+        if self._control is not None:
+            self._control.update(len(payload), frames / self.frames_per_packet)
+        self.qualities.append(quality)
+        return payload
 
     def _run(self, span: np.ndarray, frames: list[int]) -> list[tuple[int, bytes]]:
         """Encode one group ``[C, G*P]``; emit packets declaring ``frames[i]`` frames each."""
@@ -73,11 +137,17 @@ class PacketEncoder:
         with torch.no_grad():
             buf = frames_from_signal(torch.from_numpy(stream)[None], self.config.frame)  # [M-1+G*F, 1, C*N]
             y = fir_frames(buf, self._taps)[:, 0, :].T  # [L, G*F]
-            q = self.model.codec.bottleneck.symbols(y).numpy()
+            if self.version == 1:
+                q = self.model.codec.bottleneck.symbols(y).numpy()
+            else:
+                y = y.numpy()
         f = self.frames_per_packet
         out = []
         for i, n in enumerate(frames):
-            out.append((n, self.model.coder.encode(q[:, i * f : i * f + n])))
+            if self.version == 1:
+                out.append((n, self.model.coder.encode(q[:, i * f : i * f + n])))
+            else:
+                out.append((n, self._code_v2(np.ascontiguousarray(y[:, i * f : i * f + n]), n)))
         self.frames_out += sum(frames)
         return out
 
@@ -139,9 +209,12 @@ class PacketDecoder:
     float rounding (<= 1e-6).
     """
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, version: int = 1, bands: int = 0):
         self.model = model
         self.config = model.config
+        self.version, self.bands = version, bands
+        if version == 2 and (model.adaptive is None or not 1 <= bands <= model.config.latent_dim):
+            raise BitstreamError(f"model {model.name!r} cannot decode version-2 packets with {bands} bands")
         codec = model.codec
         self._linear = codec.decoder.net is None
         self._net = None  # incremental causal net (NetStream), when the decoder has one
@@ -166,11 +239,25 @@ class PacketDecoder:
     def decode(self, frames: int, payload: bytes) -> np.ndarray:
         return self.decode_many([(frames, payload)])[0]
 
+    @classmethod
+    def for_header(cls, model: LoadedModel, header) -> "PacketDecoder":
+        """A decoder for the stream ``header`` describes (version, bands)."""
+        if header.version == 2 and model.adaptive_sha256 != header.entropy_sha256:
+            raise BitstreamError(
+                f"stream was coded with a v2 entropy model sha256 {header.entropy_sha256[:16]}..., the installed "
+                f"{model.name!r} has {(model.adaptive_sha256 or 'none')[:16]}... (install the matching model)")
+        return cls(model, header.version, header.bands)
+
+    def latents(self, frames: int, payload: bytes) -> torch.Tensor:
+        """Dequantized latents ``[L, frames]`` of one packet (range decoding and dequantization only)."""
+        if self.version == 2:
+            return torch.from_numpy(self.model.adaptive.decode_latents(payload, frames, self.bands))
+        with torch.no_grad():
+            return self.model.codec.bottleneck.dequantize(torch.from_numpy(self._values(frames, payload)))
+
     def decode_many(self, packets: Sequence[tuple[int, bytes]]) -> list[np.ndarray]:
         """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
-        bn = self.model.codec.bottleneck
-        with torch.no_grad():
-            z = torch.cat([bn.dequantize(torch.from_numpy(self._values(f, p))) for f, p in packets], dim=1)
+        z = torch.cat([self.latents(f, p) for f, p in packets], dim=1)
         return self.synthesize(z, [f for f, _ in packets])
 
     def _values(self, frames: int, payload: bytes) -> np.ndarray:
@@ -287,3 +374,31 @@ class OutputTrim:
             rest = min(max(rest, 0), held)
         self.written += rest
         return self._pending[:, :rest]
+
+
+def initial_quality_for(model: LoadedModel, kbps: float, frames_per_packet: int) -> float:
+    """``Q`` at which the model's measured rate curve (music, this packet size) meets ``kbps``."""
+    curve = rate_curve(model, frames_per_packet)
+    if not curve:
+        return Q_DEFAULT
+    qs, rates = zip(*curve)
+    return float(np.interp(np.log(kbps), np.log(rates), qs))
+
+
+def rate_curve(model: LoadedModel, frames_per_packet: int) -> list[tuple[float, float]]:
+    """``[(Q, kbps)]`` measured at export for the nearest packet size (empty if unknown)."""
+    curves = (model.info.get("v2") or {}).get("rate_curves") or {}
+    if not curves:
+        return []
+    sizes = sorted(int(k) for k in curves)
+    best = min(sizes, key=lambda k: abs(np.log(k) - np.log(frames_per_packet)))
+    return [(float(q), float(r)) for q, r in curves[str(best)]]
+
+
+def bitrate_limits(model: LoadedModel, frames_per_packet: int) -> tuple[float, float] | None:
+    """Lowest and highest average kbps the rate curve reaches between ``Q_MIN`` and ``Q_MAX``."""
+    curve = rate_curve(model, frames_per_packet)
+    if not curve:
+        return None
+    rates = [r for q, r in curve if Q_MIN <= q <= Q_MAX]
+    return min(rates), max(rates)

@@ -28,8 +28,8 @@ import numpy as np
 
 from . import __version__
 from .audio import AudioReader, AudioWriter
-from .bitstream import BitstreamReader, BitstreamWriter, StreamHeader
-from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder
+from .bitstream import BitstreamReader, BitstreamWriter, StreamHeader, header_bytes
+from .codec_stream import FRAMING_BYTES, OutputTrim, PacketDecoder, PacketEncoder, RateSpec
 from .errors import AudioError, BitstreamError
 from .fsutil import STDIO, atomic_output
 from .pretrained import LoadedModel, load_model
@@ -79,27 +79,84 @@ def channel_mode_for(source_channels: int, model_channels: int, downmix: bool, n
     )
 
 
+END_BYTES = FRAMING_BYTES + 16  # the end packet
+
+
+def check_rate(model: LoadedModel, quality: float | None, kbps: float | None,
+               frames_per_packet: int) -> tuple[float | None, float | None, str | None]:
+    """Validate a quality or bitrate request; clamp a bitrate to what the model reaches.
+
+    Returns ``(quality, kbps, warning)``; raises :class:`AudioError` for a bad value.
+    """
+    import math
+
+    from .codec_stream import bitrate_limits
+    from .ratecontrol import Q_MAX, Q_MIN
+
+    if quality is not None and kbps is not None:
+        raise AudioError("give --quality or --bitrate, not both")
+    if quality is not None and not (math.isfinite(quality) and Q_MIN <= quality <= Q_MAX):
+        raise AudioError(f"quality must be {Q_MIN:g}..{Q_MAX:g}, got {quality:g}")
+    if kbps is None:
+        return quality, None, None
+    if not (math.isfinite(kbps) and kbps > 0):
+        raise AudioError(f"bitrate must be a positive number of kbps, got {kbps:g}")
+    limits = bitrate_limits(model, frames_per_packet)
+    if limits is None:
+        return None, kbps, None
+    lo, hi = limits
+    if kbps < lo or kbps > hi:
+        clamped = min(max(kbps, lo), hi)
+        why = "below what" if kbps < lo else "above what helps for"
+        return None, clamped, (f"warning: {kbps:g} kbps is {why} {model.name} ({lo:.1f}..{hi:.1f} kbps at "
+                               f"{frames_per_packet} frames per packet); using {clamped:.1f} kbps")
+    return None, kbps, None
+
+
+def stream_header(model: LoadedModel, frames_per_packet: int, source_rate: int, source_channels: int,
+                  mode: str, version: int, extra: dict) -> StreamHeader:
+    """The header of a stream of ``model`` (version 2 names its v2 entropy model and band count)."""
+    from .adaptive import bands_for
+
+    cfg = model.config
+    v2 = dict(quantizer="adaptive", bands=bands_for(frames_per_packet, cfg.latent_dim),
+              entropy_sha256=model.adaptive_sha256) if version == 2 else {}
+    return StreamHeader(
+        model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
+        J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
+        source_sample_rate=int(source_rate), source_channels=source_channels, channel_mode=mode,
+        encoder_version=__version__, step_scale=model.step_scale if version == 1 else 1.0, extra=extra, **v2)
+
+
 def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames_per_packet: int = 64,
                   downmix: bool = False, progress: Progress | None = None, group_packets: int = 4,
-                  step_scale: float = 1.0) -> EncodeStats:
+                  step_scale: float = 1.0, quality: float | None = None, kbps: float | None = None,
+                  version: int | None = None) -> EncodeStats:
     """Encode everything ``reader`` yields into the ``.wlc`` stream ``out``.
 
-    The bytes depend only on the audio, the model, ``frames_per_packet`` and
+    Version 2 (the default for models with a v2 entropy model): constant
+    ``quality`` (0..10, default 5) or average ``kbps`` (header and framing
+    included). Version 1: the fixed step times ``step_scale``. The bytes depend
+    only on the audio, the model, these settings, ``frames_per_packet`` and
     ``group_packets`` -- not on how the reader cut the audio into blocks.
     """
     t0 = time.perf_counter()
-    model = model.with_step_scale(step_scale)
+    version = version or (2 if model.adaptive is not None else 1)
+    if version == 1:
+        if quality is not None or kbps is not None:
+            raise AudioError("quality and bitrate need a version-2 stream (a model with a v2 entropy model)")
+        model = model.with_step_scale(step_scale)
+    elif step_scale != 1.0:
+        raise AudioError("step scale is a version-1 setting; use quality or bitrate")
     cfg = model.config
     mode = channel_mode_for(reader.channels, cfg.channels, downmix, reader.name)
-    header = StreamHeader(
-        model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
-        J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
-        source_sample_rate=int(reader.source_rate or reader.sample_rate), source_channels=reader.channels,
-        channel_mode=mode, encoder_version=__version__, step_scale=model.step_scale,
-        extra={"group_packets": group_packets},
-    )
+    header = stream_header(model, frames_per_packet, reader.source_rate or reader.sample_rate, reader.channels,
+                           mode, version, {"group_packets": group_packets})
+    rate = None
+    if version == 2:
+        rate = RateSpec(quality, kbps, fixed_bytes=len(header_bytes(header)) + END_BYTES)
     writer = BitstreamWriter(out, header)
-    enc = PacketEncoder(model, frames_per_packet, group_packets)
+    enc = PacketEncoder(model, frames_per_packet, group_packets, rate=rate, version=version)
     produced = 0
     for block in reader:
         produced += block.shape[1]
@@ -120,18 +177,18 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
 
 def compress_file(src: str, dst: str, model: LoadedModel | None = None, *, overwrite: bool = False,
                   frames_per_packet: int = 64, downmix: bool = False,
-                  progress: Progress | None = None, group_packets: int = 4, step_scale: float = 1.0) -> EncodeStats:
-    """Encode audio file ``src`` (or ``-``) to ``dst`` (or ``-``) atomically."""
+                  progress: Progress | None = None, group_packets: int = 4, step_scale: float = 1.0,
+                  quality: float | None = None, kbps: float | None = None,
+                  version: int | None = None) -> EncodeStats:
+    """Encode audio file ``src`` (or ``-``) to ``dst`` (or ``-``) atomically (see :func:`encode_stream`)."""
     model = model or load_model()
+    args = (model, frames_per_packet, downmix, progress, group_packets, step_scale, quality, kbps, version)
     with AudioReader(src, sample_rate=model.config.sample_rate, block_frames=1 << 18) as reader:
         with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
             if tmp == STDIO:
-                buf = sys.stdout.buffer
-                return encode_stream(reader, buf, model, frames_per_packet, downmix, progress, group_packets,
-                                     step_scale)
+                return encode_stream(reader, sys.stdout.buffer, *args)
             with open(tmp, "wb") as f:
-                return encode_stream(reader, f, model, frames_per_packet, downmix, progress, group_packets,
-                                     step_scale)
+                return encode_stream(reader, f, *args)
 
 
 @dataclass
@@ -158,7 +215,7 @@ def decode_stream(f: BinaryIO, dst: str, *, overwrite: bool = False, inputs: tup
     out_channels = h.source_channels if h.channel_mode != "downmix" else cfg.channels
     if h.channel_mode == "mono":
         out_channels = 1
-    dec = PacketDecoder(model)
+    dec = PacketDecoder.for_header(model, h)
     trim = OutputTrim.for_stream(cfg, h.frames_per_packet, out_channels)
     with atomic_output(dst, overwrite=overwrite, inputs=list(inputs)) as tmp:
         with AudioWriter(tmp, cfg.sample_rate, out_channels, out_rate=h.source_sample_rate, subtype=subtype,

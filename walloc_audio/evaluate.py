@@ -208,6 +208,15 @@ class Track:
         data, _ = sf.read(self.wav, dtype="float32", always_2d=True)
         return np.ascontiguousarray(data.T)
 
+    def gained(self, gain_db: float, workdir: str) -> "Track":
+        """This track scaled by ``gain_db`` (a level sweep: the same music, quieter), as a new WAV."""
+        if gain_db == 0:
+            return self
+        wav = self.wav.replace(".wav", f".gain{gain_db:+g}.wav")
+        if not os.path.exists(wav):
+            sf.write(wav, (self.read() * np.float32(10 ** (gain_db / 20))).T, self.sample_rate, subtype="FLOAT")
+        return Track(self.path, wav, self.samples, self.sample_rate)
+
 
 class _Skip(Exception):
     """A file that cannot be evaluated; the message is the reason."""
@@ -300,11 +309,42 @@ class Coded:
     decode_s: float
 
 
-def run_walloc(track: Track, model: LoadedModel, step_scale: float, workdir: str) -> Coded:
+@dataclass(frozen=True)
+class Setting:
+    """How a model is asked to code: version 2 at a quality or bitrate, or version 1 at a step scale."""
+
+    version: int
+    quality: float | None = None
+    kbps: float | None = None
+    step_scale: float = 1.0
+
+    @property
+    def label(self) -> str:
+        if self.version == 1:
+            return f"v1 x{self.step_scale:g}"
+        return f"Q{self.quality:g}" if self.kbps is None else f"{self.kbps:g}k"
+
+
+def settings_for(model: LoadedModel, qualities: Sequence[float], step_scales: Sequence[float],
+                 bitrates: Sequence[float] = ()) -> list[Setting]:
+    """Version-2 settings where the model has a v2 entropy model, then any version-1 step scales."""
+    out = []
+    if model.adaptive is not None:
+        out += [Setting(2, quality=q) for q in qualities] + [Setting(2, kbps=k) for k in bitrates]
+    out += [Setting(1, step_scale=x) for x in step_scales]
+    if not out:  # a model without a v2 entropy model: its own fixed step
+        out = [Setting(1)]
+    return out
+
+
+def run_walloc(track: Track, model: LoadedModel, setting: Setting | float, workdir: str) -> Coded:
     """Real encode to ``.wlc`` and real decode back, through the file functions the CLI uses."""
+    if not isinstance(setting, Setting):
+        setting = Setting(1, step_scale=float(setting))
     wlc, out = os.path.join(workdir, "point.wlc"), os.path.join(workdir, "point.decoded.wav")
     t0 = time.perf_counter()
-    stats = compress_file(track.wav, wlc, model, overwrite=True, step_scale=step_scale)
+    stats = compress_file(track.wav, wlc, model, overwrite=True, step_scale=setting.step_scale,
+                          quality=setting.quality, kbps=setting.kbps, version=setting.version)
     t1 = time.perf_counter()
     decompress_file(wlc, out, overwrite=True, model=model, subtype="FLOAT")
     t2 = time.perf_counter()
@@ -372,7 +412,10 @@ class _Point:
     kind: str
     model: str
     step_scale: float | None = None
+    setting: str = ""
+    gain_db: float = 0.0
     latent_dim: int | None = None
+    target_kbps: float | None = None
     frame: int | None = None
     dimension_reduction: float | None = None
     bytes: int = 0
@@ -384,8 +427,10 @@ class _Point:
     energy: float = 0.0
     error: float = 0.0
     per_track: dict = field(default_factory=lambda: {k: [] for k in _MEANS})
+    track_kbps: list = field(default_factory=list)
 
     def add(self, track: Track, coded: Coded, metrics: dict | None) -> None:
+        self.track_kbps.append(8 * coded.bytes / track.seconds / 1000)
         self.bytes += coded.bytes
         self.samples += track.samples
         self.seconds += track.seconds
@@ -406,7 +451,8 @@ class _Point:
 
         lossy = self.kind != "flac"
         return {
-            "kind": self.kind, "model": self.model, "step_scale": self.step_scale,
+            "kind": self.kind, "model": self.model, "step_scale": self.step_scale, "setting": self.setting,
+            "gain_db": self.gain_db,
             "kbps": _json_number(8 * self.bytes / max(self.seconds, 1e-9) / 1000),
             "bits_per_latent": _json_number(8 * self.bytes / self.latents) if self.latents else None,
             "dimension_reduction": _json_number(self.dimension_reduction, 3),
@@ -416,6 +462,10 @@ class _Point:
             "encode_x_rt": _json_number(self.seconds / self.encode_s, 1) if self.encode_s > 0 else None,
             "decode_x_rt": _json_number(self.seconds / self.decode_s, 1) if self.decode_s > 0 else None,
             "tracks": tracks, "seconds": _json_number(self.seconds, 3),
+            "target_kbps": self.target_kbps,
+            # rate control: the worst file's bitrate against the target, in percent
+            "rate_error_max_pct": _json_number(max(abs(k / self.target_kbps - 1) for k in self.track_kbps) * 100, 2)
+            if self.target_kbps and self.track_kbps else None,
         }
 
 
@@ -425,10 +475,11 @@ def compare_with_opus(points: list[dict]) -> None:
     The Opus curve is interpolated linearly in kbps; a point outside the
     measured Opus range gets None ("n/a").
     """
-    opus = sorted((p for p in points if p["kind"] == "opus" and p["kbps"] is not None), key=lambda p: p["kbps"])
     for p in points:
         if p["kind"] != "walloc":
             continue
+        opus = sorted((o for o in points if o["kind"] == "opus" and o["kbps"] is not None
+                       and o.get("gain_db", 0.0) == p.get("gain_db", 0.0)), key=lambda o: o["kbps"])
         for key, delta in (("snr_db", "delta_snr_vs_opus_db"), ("psnr_paper_db", "delta_psnr_paper_vs_opus_db")):
             curve = [(o["kbps"], o[key]) for o in opus if o[key] is not None]
             inside = len(curve) >= 2 and curve[0][0] <= p["kbps"] <= curve[-1][0] and p[key] is not None
@@ -443,7 +494,8 @@ _KIND_ORDER = {"walloc": 0, "opus": 1, "flac": 2}
 
 
 def sort_points(points: list[dict]) -> list[dict]:
-    return sorted(points, key=lambda p: (_KIND_ORDER.get(p["kind"], 9), p["kbps"] or 0.0, p["model"]))
+    return sorted(points, key=lambda p: (-p.get("gain_db", 0.0), _KIND_ORDER.get(p["kind"], 9), p["kbps"] or 0.0,
+                                         p["model"]))
 
 
 # ------------------------------------------------------------------ orchestration
@@ -475,10 +527,13 @@ def _load_models(names: Sequence[str] | None) -> list[LoadedModel]:
 
 
 def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Sequence[float],
-             opus_kbps: Sequence[float], seconds: float | None, opus: bool) -> str:
+             opus_kbps: Sequence[float], seconds: float | None, opus: bool, qualities: Sequence[float] = (),
+             gains: Sequence[float] = (0.0,), bitrates: Sequence[float] = ()) -> str:
     """A command line that reproduces this run."""
-    args = ["walloc-audio", "eval", *paths, "--models", ",".join(m.name for m in models),
-            "--step-scales", ",".join(f"{s:g}" for s in step_scales)]
+    args = ["walloc-audio", "eval", *paths, "--models", ",".join(m.name for m in models)]
+    for option, values in (("--qualities", qualities), ("--bitrates", bitrates), ("--step-scales", step_scales)):
+        args += [option, ",".join(f"{v:g}" for v in values)] if values else []
+    args += ["--gains", ",".join(f"{g:g}" for g in gains)] if list(gains) != [0.0] else []
     args += ["--opus-kbps", ",".join(f"{k:g}" for k in opus_kbps)] if opus else ["--no-opus"]
     args += ["--seconds", f"{seconds:g}"] if seconds is not None else []
     return shlex.join(args)
@@ -496,10 +551,11 @@ def _progress(log: Log | None, label: str, i: int, n: int, track: Track, metrics
         log(f"[{label}] {i + 1}/{n} {track.path}: {quality}{kbps:.1f} kbps")
 
 
-def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, step_scales: Sequence[float] = (1.0,),
+def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, step_scales: Sequence[float] = (),
                    opus_kbps: Sequence[float] = OPUS_KBPS, seconds: float | None = None, opus: bool = True,
                    spectrogram_model: str | None = None, out_dir: str | os.PathLike | None = "eval-out",
-                   log: Log | None = None) -> dict:
+                   log: Log | None = None, qualities: Sequence[float] = (5.0,), gains: Sequence[float] = (0.0,),
+                   bitrates: Sequence[float] = ()) -> dict:
     """Evaluate models (and Opus, FLAC) on the audio under ``paths``; write reports to ``out_dir``.
 
     Returns the dict written to ``results.json`` (``out_dir=None`` writes nothing).
@@ -510,7 +566,6 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
     spec_name = spectrogram_model or (DEFAULT_MODEL if DEFAULT_MODEL in names else names[0])
     if spec_name not in names:
         raise WallocError(f"--spectrogram-model {spec_name!r} is not among the evaluated models ({', '.join(names)})")
-    spec_scale = 1.0 if 1.0 in step_scales else step_scales[0]
     files = find_audio(paths)
     rate = loaded[0].config.sample_rate
     notes: list[str] = []
@@ -523,39 +578,44 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
             where = ", ".join(paths) or "(no paths)"
             raise WallocError(f"no usable audio in {where} ({len(files)} files found, {len(skipped)} skipped)")
         points, excerpt = [], None
-        for model in loaded:
-            for scale in step_scales:
+        for gain in gains:
+            gtracks = [t.gained(gain, work) for t in tracks]
+            at = "" if gain == 0 else f" @{gain:+g} dB"
+            for model in loaded:
                 cfg = model.config
-                acc = _Point("walloc", model.name, scale, cfg.latent_dim, cfg.frame, cfg.dimension_reduction)
-                for i, track in enumerate(tracks):
-                    x, coded = track.read(), run_walloc(track, model, scale, work)
-                    y = _fit_length(coded.y, track.samples)
-                    metrics = track_metrics(x, y, rate)
+                for k, setting in enumerate(settings_for(model, qualities, step_scales, bitrates)):
+                    acc = _Point("walloc", model.name, setting.step_scale if setting.version == 1 else None,
+                                 setting.label, gain, cfg.latent_dim, setting.kbps, cfg.frame,
+                                 cfg.dimension_reduction)
+                    for i, track in enumerate(gtracks):
+                        x, coded = track.read(), run_walloc(track, model, setting, work)
+                        y = _fit_length(coded.y, track.samples)
+                        metrics = track_metrics(x, y, rate)
+                        acc.add(track, coded, metrics)
+                        if i == 0 and k == 0 and gain == gains[0] and model.name == spec_name:
+                            cut = _excerpt(x, rate)
+                            excerpt = (x[:, cut].copy(), y[:, cut].copy(), cut.start / rate,
+                                       f"{model.name} {setting.label}", track.path)
+                        _progress(log, f"{model.name} {setting.label}{at}", i, len(tracks), track, metrics,
+                                  8 * coded.bytes / track.seconds / 1000)
+                    points.append(acc.result(len(tracks)))
+            for kbps in opus_kbps if opus else ():
+                acc = _Point("opus", "opus", setting=f"{kbps:g}k", gain_db=gain)
+                for i, track in enumerate(gtracks):
+                    x = track.read()
+                    coded = run_opus(track, kbps, work)
+                    metrics = track_metrics(x, align(x, coded.y), rate)
                     acc.add(track, coded, metrics)
-                    if i == 0 and model.name == spec_name and scale == spec_scale:
-                        cut = _excerpt(x, rate)
-                        excerpt = (x[:, cut].copy(), y[:, cut].copy(), cut.start / rate,
-                                   f"{model.name} x{scale:g}", track.path)
-                    _progress(log, f"{model.name} x{scale:g}", i, len(tracks), track, metrics,
-                              8 * coded.bytes / track.seconds / 1000)
+                    rate_kbps = 8 * coded.bytes / track.seconds / 1000
+                    _progress(log, f"opus {kbps:g}k{at}", i, len(tracks), track, metrics, rate_kbps)
                 points.append(acc.result(len(tracks)))
-        for kbps in opus_kbps if opus else ():
-            acc = _Point("opus", "opus")
-            for i, track in enumerate(tracks):
-                x = track.read()
-                coded = run_opus(track, kbps, work)
-                metrics = track_metrics(x, align(x, coded.y), rate)
-                acc.add(track, coded, metrics)
-                rate_kbps = 8 * coded.bytes / track.seconds / 1000
-                _progress(log, f"opus {kbps:g}k", i, len(tracks), track, metrics, rate_kbps)
-            points.append(acc.result(len(tracks)))
         acc = _Point("flac", "flac 16-bit")
         for track in tracks:
             acc.add(track, Coded(np.empty((2, 0)), flac_bytes(track, work), 0.0, 0.0), None)
         points.append(acc.result(len(tracks)))
     compare_with_opus(points)
     result = {
-        "command": _command(paths, loaded, step_scales, opus_kbps, seconds, opus),
+        "command": _command(paths, loaded, step_scales, opus_kbps, seconds, opus, qualities, gains, bitrates),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "tracks": [{"path": t.path, "seconds": round(t.seconds, 3)} for t in tracks],
         "total_seconds": round(sum(t.seconds for t in tracks), 3),
@@ -571,11 +631,13 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
 # ------------------------------------------------------------------ reports
 
 COLUMNS = [  # (header, key, format)
-    ("kind", "kind", "{}"), ("model", "model", "{}"), ("step", "step_scale", "{:g}"), ("kbps", "kbps", "{:.1f}"),
+    ("kind", "kind", "{}"), ("model", "model", "{}"), ("setting", "setting", "{}"), ("gain", "gain_db", "{:g}"),
+    ("kbps", "kbps", "{:.1f}"),
     ("bits/latent", "bits_per_latent", "{:.3f}"), ("DR", "dimension_reduction", "{:.2f}"),
     ("SNR set", "snr_db", "{:.2f}"), ("SNR mean", "snr_db_mean", "{:.2f}"), ("SI-SDR", "si_sdr_db", "{:.2f}"),
     ("PSNR", "psnr_db", "{:.2f}"), ("PSNR paper", "psnr_paper_db", "{:.2f}"), ("MR-STFT", "mrstft", "{:.3f}"),
     ("mel", "mel_distance", "{:.3f}"), ("enc xRT", "encode_x_rt", "{:.0f}"), ("dec xRT", "decode_x_rt", "{:.0f}"),
+    ("worst file vs target kbps (%)", "rate_error_max_pct", "{:.2f}"),
     ("ΔSNR vs Opus", "delta_snr_vs_opus_db", "{:+.2f}"),
     ("ΔPSNR-paper vs Opus", "delta_psnr_paper_vs_opus_db", "{:+.2f}"),
 ]
@@ -588,9 +650,10 @@ _SHORT = {"SNR set": "SNR", "PSNR paper": "PSNR-p", "ΔSNR vs Opus": "ΔSNR", "�
 
 
 def point_label(p: dict) -> str:
-    """``stereo-5x-linear``, ``stereo-5x-linear x1.5``, ``opus``, ``flac 16-bit``: one short name per point."""
-    scale = p.get("step_scale")
-    return p["model"] + (f" x{scale:g}" if scale not in (None, 1.0) else "")
+    """``stereo-5x Q5``, ``stereo-5x v1 x1.5``, ``opus 32k @-20 dB``, ``flac 16-bit``: one short name per point."""
+    label = p["model"] + (f" {p['setting']}" if p.get("setting") and p["kind"] == "walloc" else "")
+    gain = p.get("gain_db") or 0.0
+    return label + (f" @{gain:+g} dB" if gain else "")
 
 
 def table_rows(result: dict, keys: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -668,16 +731,19 @@ def plot_rd(points: list[dict], path: Path) -> None:
                            (axes[1], "snr_db", "SNR over the set (dB)")):
         families: dict[tuple[str, str], list[dict]] = {}
         for p in lossy:
-            families.setdefault((p["kind"], p["model"]), []).append(p)
+            if p.get("gain_db", 0.0) != 0.0:
+                continue  # the RD plot is at the input's own level; the level sweep is in the tables
+            v1 = p["kind"] == "walloc" and str(p.get("setting", "")).startswith("v1")
+            families.setdefault((p["kind"], p["model"] + (" (v1)" if v1 else "")), []).append(p)
         for (kind, model), group in families.items():
             group = sorted((p for p in group if p[key] is not None), key=lambda p: p["kbps"])
             style = dict(color="black", linestyle="--", marker="s") if kind == "opus" else dict(marker="o")
             ax.plot([p["kbps"] for p in group], [p[key] for p in group], label="Opus (libopus)" if kind == "opus"
                     else model, **style)
-            if kind == "walloc" and len(group) > 1:  # name the step scales along a model's curve
+            if kind == "walloc" and len(group) > 1:  # name the settings along a model's curve
                 for p in group:
-                    ax.annotate(f"x{p['step_scale']:g}", (p["kbps"], p[key]), textcoords="offset points",
-                                xytext=(4, -10), fontsize=7)
+                    ax.annotate(str(p.get("setting", "")).replace("v1 ", ""), (p["kbps"], p[key]),
+                                textcoords="offset points", xytext=(4, -10), fontsize=7)
         if flac is not None and flac <= 1.5 * top:
             ax.axvline(flac, color="grey", linestyle=":", label=f"FLAC 16-bit ({flac:.0f} kbps)")
         elif flac is not None:

@@ -2,7 +2,11 @@
 
 A model is two files in a registry folder: ``NAME.json`` (config, sha256 of the
 weights, description, measured figures) and ``NAME.safetensors`` (tensors
-only: loading never executes code from a file). Folders searched, in order:
+only: loading never executes code from a file), plus, for version-2 streams,
+``NAME.v2.safetensors``: the forward-adaptive entropy model
+(:mod:`walloc_audio.adaptive`), kept apart so that refitting it never changes
+the weights' hash that version-1 files name. Its sha256 is in ``NAME.json``
+(``v2.sha256``) and in every version-2 stream header. Folders searched, in order:
 ``$WALLOC_AUDIO_MODELS`` (``os.pathsep``-separated) then the models shipped in
 the package.
 """
@@ -22,6 +26,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .adaptive import AdaptiveCoder
 from .entropy import ContextCoder, EntropyCoder, rebin_probabilities
 from .errors import ModelError
 from .model import CodecConfig, WallocCodec
@@ -43,6 +48,8 @@ class LoadedModel:
     coder: EntropyCoder | ContextCoder
     info: dict
     step_scale: float = 1.0
+    adaptive: AdaptiveCoder | None = None  # the version-2 entropy model, when the model has one
+    adaptive_sha256: str = ""
     base: "LoadedModel | None" = field(default=None, repr=False)  # the model at step scale 1
     # Variants made by with_step_scale, kept on the base model: every file of a batch or
     # eval run at the same scale shares one codec copy and one re-binned coder.
@@ -151,7 +158,60 @@ def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None,
     except RuntimeError as exc:
         raise ModelError(f"model {name!r}: weights do not match its config ({str(exc).splitlines()[0]})") from None
     codec.eval()
-    return LoadedModel(name, sha, codec, coder, info)
+    adaptive, adaptive_sha = _load_adaptive(name, meta_path, info, config)
+    return LoadedModel(name, sha, codec, coder, info, adaptive=adaptive, adaptive_sha256=adaptive_sha)
+
+
+V2_KEYS = ("scales", "offsets", "side", "delta", "knee", "max_symbol", "reference_level")
+
+
+def _load_adaptive(name: str, meta_path: Path, info: dict, config: CodecConfig) -> tuple[AdaptiveCoder | None, str]:
+    """The version-2 entropy model named in ``info["v2"]``, checked by sha256 (None when absent)."""
+    v2 = info.get("v2")
+    if not v2:
+        return None, ""
+    from safetensors.numpy import load as load_numpy
+
+    path = meta_path.with_name(f"{name}.v2.safetensors")
+    try:
+        if path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise ModelError(f"model {name!r}: v2 entropy model too large")
+        data = path.read_bytes()
+        expected = v2["sha256"]
+    except OSError as exc:
+        raise ModelError(f"model {name!r}: cannot read its v2 entropy model ({exc.strerror})") from None
+    except (KeyError, TypeError):
+        raise ModelError(f"model {name!r}: metadata names a v2 entropy model without its sha256") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelError(f"model {name!r}: v2 entropy model sha256 {actual[:16]}... does not match {expected[:16]}...")
+    try:
+        t = load_numpy(data)
+        coder = AdaptiveCoder(t["scales"], t["offsets"], t["side"], delta=float(t["delta"][0]),
+                              knee=float(t["knee"][0]), max_symbol=int(t["max_symbol"][0]),
+                              reference_level=float(t["reference_level"][0]))
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ModelError(f"model {name!r}: unusable v2 entropy model ({exc})") from None
+    if coder.channels != config.latent_dim or coder.max_symbol != 2 ** (config.latent_bits - 1) - 1:
+        raise ModelError(f"model {name!r}: v2 entropy model does not match its config")
+    return coder, actual
+
+
+def save_adaptive(folder: Path, name: str, coder: AdaptiveCoder, extra: dict | None = None) -> dict:
+    """Write ``NAME.v2.safetensors`` and record it (sha256, ``extra``) under ``v2`` in ``NAME.json``."""
+    from safetensors.numpy import save as save_numpy
+
+    tensors = {"scales": coder.scales, "offsets": coder.offsets, "side": coder.side,
+               "delta": np.array([coder.delta]), "knee": np.array([coder.knee]),
+               "max_symbol": np.array([coder.max_symbol], dtype=np.int64),
+               "reference_level": np.array([coder.reference_level])}
+    data = save_numpy({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+    meta_path = folder / f"{name}.json"
+    info = json.loads(meta_path.read_text())
+    info["v2"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **(extra or {})}
+    (folder / f"{name}.v2.safetensors").write_bytes(data)
+    meta_path.write_text(json.dumps(info, indent=2) + "\n")
+    return info
 
 
 def save_model(folder: Path, name: str, codec: WallocCodec, probabilities: np.ndarray | None = None,

@@ -437,7 +437,7 @@ def measure(model, tracks: list[torch.Tensor], seconds: float) -> dict:
         x = t[:, :n].numpy()
         enc = PacketEncoder(model, 64, 4)
         packets = enc.push(x) + enc.flush()
-        dec = PacketDecoder(model)
+        dec = PacketDecoder(model, enc.version, enc.bands)
         trim = OutputTrim.for_stream(cfg, 64, cfg.channels)
         pieces = [trim.release(trim.align(p)) for p in dec.decode_many(packets)]
         pieces.append(trim.finish(x.shape[1], strict=False))
@@ -466,6 +466,15 @@ def export(codec: WallocCodec, cfg: TrainConfig, train_tracks, val_tracks, folde
                                f"{'nonlinear' if cfg.decoder_depth else 'linear'} decoder, {cfg.entropy} entropy model")
     info = save_model(folder, cfg.name, codec, description=desc, extra={"kind": "trained", "training": training},
                       **ent)
+    # The version-2 (forward-adaptive) entropy model, fitted on the same training music.
+    from .fit_adaptive import fit_codec_v2
+    from .pretrained import save_adaptive
+
+    n = int(cfg.entropy_seconds * cfg.sample_rate)
+    coder, record = fit_codec_v2(codec, [t[:, :n].numpy() for t in train_tracks],
+                                 [t[:, : int(cfg.export_val_seconds * cfg.sample_rate)].numpy() for t in val_tracks],
+                                 centroids=codec.decoder.net is None, log=log)
+    info = save_adaptive(folder, cfg.name, coder, record)
     model = load_model(cfg.name, expected_sha256=info["sha256"], folder=folder)
     if val_tracks:
         info["validation"] = measure(model, val_tracks, cfg.export_val_seconds)

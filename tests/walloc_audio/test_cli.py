@@ -277,15 +277,26 @@ def test_bench_reports_every_figure(tmp_path, capsys):
     assert run(["bench", "--models", "nope", "--minutes", "0"]) != 0
 
 
-def test_encode_step_scale_option(tmp_path, capsys):
+def test_encode_quality_and_bitrate_options(tmp_path, capsys):
     src = tmp_path / "a.wav"
     sf.write(src, tones(1.0).T, 44100)
     sizes = []
-    for s in ("0.5", "2"):
-        dst = tmp_path / f"a{s}.wlc"
-        assert run(["encode", str(src), str(dst), "-s", s, "-q"]) == 0
-        assert run(["decode", str(dst), str(tmp_path / f"a{s}.wav"), "-q"]) == 0
+    for q in ("7", "3"):
+        dst = tmp_path / f"a{q}.wlc"
+        assert run(["encode", str(src), str(dst), "-Q", q, "-q"]) == 0
+        assert run(["decode", str(dst), str(tmp_path / f"a{q}.wav"), "-q"]) == 0
         sizes.append(dst.stat().st_size)
     assert sizes[0] > sizes[1]
-    assert run(["encode", str(src), str(tmp_path / "b.wlc"), "-s", "20"]) != 0
-    assert "step-scale" in capsys.readouterr().err
+    capsys.readouterr()
+    # Bad values and contradictions: one line each, no output file.
+    for args, what in [(["-Q", "11"], "--quality"), (["-Q", "nan"], "--quality"), (["-b", "0"], "--bitrate"),
+                       (["-b", "-3"], "--bitrate"), (["-Q", "5", "-b", "20"], "not both")]:
+        assert run(["encode", str(src), str(tmp_path / "b.wlc"), *args]) != 0
+        msg = capsys.readouterr().err.strip()
+        assert what in msg and len(msg.splitlines()) == 1 and "Traceback" not in msg, msg
+        assert not (tmp_path / "b.wlc").exists()
+    # An impossible target is clamped with a one-line warning, and the file is made.
+    assert run(["encode", str(src), str(tmp_path / "c.wlc"), "-b", "1e9", "-q"]) == 0
+    warning = capsys.readouterr().err.strip()
+    assert "warning" in warning and "using" in warning and len(warning.splitlines()) == 1
+    assert (tmp_path / "c.wlc").stat().st_size > 0

@@ -180,7 +180,9 @@ def test_step_scales_trade_rate_for_quality(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     points = json.loads((tmp_path / "o" / "results.json").read_text())["points"]
-    fine, coarse = sorted((p for p in points if p["kind"] == "walloc"), key=lambda p: p["step_scale"])
+    v1 = [p for p in points if p["kind"] == "walloc" and p["setting"].startswith("v1")]
+    assert [p["setting"] for p in points if p["kind"] == "walloc" and p not in v1] == ["Q5"]  # v2 by default
+    fine, coarse = sorted(v1, key=lambda p: p["step_scale"])
     assert (fine["step_scale"], coarse["step_scale"]) == (1.0, 2.0)
     assert coarse["kbps"] < fine["kbps"] and coarse["snr_db"] < fine["snr_db"]
     assert coarse["delta_snr_vs_opus_db"] is None  # no Opus curve: nothing to compare with

@@ -1,0 +1,260 @@
+"""Version-2 quantization: forward-adaptive side information and its entropy model.
+
+Version 1 quantized every latent with one absolute step, so quality and rate
+fell with the input level (22 dB SNR at mastered level, 0 dB at -40 dB). In
+version 2 every packet carries side information, computed by the encoder from
+the latents it is about to code, and entropy-coded in front of them:
+
+* a **step exponent** ``E`` (integer, 1/8 octave = 0.75 dB units): the packet's
+  quantizer step is ``delta * 2**(E/8)``, ``delta`` the model's step. The
+  encoder picks ``E`` from the signal level (:mod:`walloc_audio.ratecontrol`),
+  so the step follows the level and quality does not; decoders only read it.
+  ``E`` is coded as an index ``1..255`` (``E = index - E_BIAS``); index 0 marks a
+  **silent packet** (every symbol zero) and nothing else follows -- silence
+  costs one byte.
+* a **band scale** ``S_b`` per band of latent channels (``bands`` contiguous
+  groups, a header field): ``S = 0`` if every symbol of the band is zero (the
+  band is then not coded at all), else ``S = clip(round(2 log2 mean|q|) + 13, 1,
+  23)``, the band's mean magnitude in 3-dB classes. Coded with a categorical
+  model conditioned on the previous band's ``S`` (neighbouring bands share
+  their level).
+
+The symbols themselves are ``q = round(compand(y / step))`` (the square-root
+compander of :mod:`walloc_audio.bottleneck`) clamped to ``[-A, A]``, coded frame
+by frame with a quantized Laplace whose scale is read from a table indexed by
+channel, band scale and a context bucket (the magnitudes of earlier symbols of
+the same packet, :func:`walloc_audio.entropy.context_features`): the side
+information says how loud this band of this packet is, the context where
+inside it. Decoders reconstruct in absolute units: ``y = expand(q - sign(q) *
+offset) * step`` with ``offset`` the bin centroid (zero for decoders trained
+on the rounded symbols).
+
+Every packet decodes on its own. Everything a decoder derives from the
+payload is integer arithmetic or table lookups; only the encoder touches floats
+before rounding (``u = y / step`` is one exactly rounded division, the
+compander uses ``* / + - sqrt``), so symbols are a fixed function of the
+float32 latents on a given machine.
+
+Numpy and constriction only: no torch in this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+
+from .entropy import _payload_words, context_features, context_thresholds, frame_features, laplace_bin_probability
+from .errors import BitstreamError
+
+E_UNITS = 8  # step exponent units per octave
+E_BIAS = 160  # E = index - E_BIAS, index 1..255
+E_MIN, E_MAX = 1 - E_BIAS, 255 - E_BIAS
+SILENT = 0
+S_LEVELS = 24  # band scales 0 (all zero) .. 23
+S_ZERO = 13  # S for mean |q| == 1
+MAX_BANDS = 64
+CONTEXT_BUCKETS = 16
+
+_UNIFORM_E = constriction.stream.model.Categorical(np.full(256, 1.0 / 256), perfect=False)
+_CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+
+
+def step_for(delta: float, exponent: int) -> np.float32:
+    """The quantizer step ``delta * 2**(E/8)`` of a packet (float32, the same everywhere)."""
+    return np.float32(np.float64(delta) * 2.0 ** (int(exponent) / E_UNITS))
+
+
+def band_edges(channels: int, bands: int) -> np.ndarray:
+    """First channel of each band and the end: ``bands`` contiguous groups, sizes differing by <= 1."""
+    assert 1 <= bands <= channels, f"bands must be 1..{channels}, got {bands}"
+    return np.round(np.linspace(0, channels, bands + 1)).astype(np.int64)
+
+
+def bands_for(frames: int, channels: int) -> int:
+    """Default band count for packets of ``frames`` frames: about 128 symbols a band, 1..16 bands."""
+    return int(np.clip(frames * channels // 128, 1, min(16, channels)))
+
+
+def compand(u: np.ndarray, knee: float) -> np.ndarray:
+    if knee <= 0:
+        return u
+    b = np.float32(knee)
+    return np.sign(u) * (b * (np.sqrt(np.float32(1.0) + np.abs(u) * (np.float32(2.0) / b)) - np.float32(1.0)))
+
+
+def expand(v: np.ndarray, knee: float) -> np.ndarray:
+    if knee <= 0:
+        return v
+    return v + np.sign(v) * (v * v) * np.float32(0.5 / knee)
+
+
+def band_scales(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Band scale ``S`` of each band of symbols ``q`` ``[L, F]`` (see the module docstring)."""
+    mag = np.abs(q).astype(np.int64).sum(axis=1)
+    sums = np.add.reduceat(mag, edges[:-1])
+    counts = np.diff(edges) * q.shape[1]
+    m = sums / counts
+    s = np.zeros(len(counts), dtype=np.int64)
+    nz = sums > 0
+    s[nz] = np.clip(np.rint(2.0 * np.log2(m[nz])) + S_ZERO, 1, S_LEVELS - 1)
+    return s
+
+
+@dataclass
+class Quantized:
+    """One packet's symbols and side information, before entropy coding."""
+
+    exponent: int  # E; ignored when silent
+    symbols: np.ndarray  # [L, F] int32
+    scales: np.ndarray  # [bands] band scales S
+    values: np.ndarray  # [L, F] companded latents before rounding (for fitting centroids)
+
+    @property
+    def silent(self) -> bool:
+        return not self.scales.any()
+
+
+def quantize(y: np.ndarray, delta: float, exponent: int, edges: np.ndarray, knee: float,
+             max_symbol: int) -> Quantized:
+    """Quantize latents ``y`` ``[L, F]`` with the step of ``exponent``."""
+    step = step_for(delta, exponent)
+    v = compand(np.asarray(y, dtype=np.float32) / step, knee)
+    q = np.clip(np.rint(v), -max_symbol, max_symbol).astype(np.int32)
+    return Quantized(int(exponent), q, band_scales(q, edges), v)
+
+
+class AdaptiveCoder:
+    """Side-information-conditioned range coder of version-2 packets.
+
+    Args:
+        scales: ``[L, S_LEVELS - 1, CONTEXT_BUCKETS]`` Laplace scales per channel, band
+            scale ``1..23`` and context bucket.
+        offsets: same shape, reconstruction offsets inside nonzero bins (centroids).
+        side: ``[S_LEVELS + 1, S_LEVELS]`` probabilities of a band scale given the
+            previous band's (row ``S_LEVELS``: the first band).
+        delta, knee, max_symbol: the model's step, compander knee and alphabet.
+        reference_level: latent RMS of mastered music (encoder side: what quality means).
+    """
+
+    def __init__(self, scales: np.ndarray, offsets: np.ndarray, side: np.ndarray, *, delta: float,
+                 knee: float, max_symbol: int, reference_level: float):
+        self.scales = np.ascontiguousarray(scales, dtype=np.float32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.float32)
+        self.side = np.ascontiguousarray(side, dtype=np.float64)
+        L = self.scales.shape[0]
+        if self.scales.shape != (L, S_LEVELS - 1, CONTEXT_BUCKETS) or self.offsets.shape != self.scales.shape:
+            raise ValueError(f"v2 scales/offsets must be [L, {S_LEVELS - 1}, {CONTEXT_BUCKETS}]")
+        if not np.all(np.isfinite(self.scales)) or not np.all(self.scales > 0):
+            raise ValueError("v2 scales must be positive and finite")
+        if self.side.shape != (S_LEVELS + 1, S_LEVELS) or not np.all(self.side > 0):
+            raise ValueError(f"v2 side model must be [{S_LEVELS + 1}, {S_LEVELS}] and positive")
+        if not (np.isfinite(delta) and delta > 0 and np.isfinite(reference_level) and reference_level > 0):
+            raise ValueError("v2 delta and reference level must be positive")
+        self.side /= self.side.sum(axis=1, keepdims=True)
+        self.channels = L
+        self.delta, self.knee, self.max_symbol = float(delta), float(knee), int(max_symbol)
+        self.reference_level = float(reference_level)
+        self.thresholds = context_thresholds(CONTEXT_BUCKETS)
+        self._scale64 = np.maximum(self.scales.astype(np.float64), 1e-3)
+        self._family = constriction.stream.model.QuantizedLaplace(-self.max_symbol, self.max_symbol)
+        self._rows = np.arange(L)
+
+    # -- helpers shared by encoder and decoder ------------------------------------------------
+    def buckets(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features)
+        return np.where(f < 0, 0, np.searchsorted(self.thresholds, f, side="right") + 1)
+
+    def edges(self, bands: int) -> np.ndarray:
+        return band_edges(self.channels, bands)
+
+    def quantize(self, y: np.ndarray, exponent: int, bands: int) -> Quantized:
+        return quantize(y, self.delta, exponent, self.edges(bands), self.knee, self.max_symbol)
+
+    def _channel_scale(self, s: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        return np.repeat(s, np.diff(edges))
+
+    # -- coding -----------------------------------------------------------------------------
+    def encode(self, pk: Quantized, bands: int) -> bytes:
+        """One packet's payload: E index, band scales, then the symbols of nonzero bands."""
+        edges = self.edges(bands)
+        enc = constriction.stream.queue.RangeEncoder()
+        if pk.silent:
+            enc.encode(np.array([SILENT], dtype=np.int32), _UNIFORM_E)
+            return enc.get_compressed().tobytes()
+        if not E_MIN <= pk.exponent <= E_MAX:
+            raise ValueError(f"step exponent {pk.exponent} outside {E_MIN}..{E_MAX}")
+        enc.encode(np.array([pk.exponent + E_BIAS], dtype=np.int32), _UNIFORM_E)
+        s = pk.scales.astype(np.int32)
+        prev = np.concatenate([[S_LEVELS], s[:-1]])
+        enc.encode(s, _CATEGORICAL, self.side[prev])
+        sc = self._channel_scale(s, edges)
+        active = sc > 0
+        q = pk.symbols
+        b = self.buckets(context_features(q))
+        table = self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]  # [La, F]
+        qa = q[active]
+        enc.encode(np.ascontiguousarray(qa.T).ravel(), self._family, np.zeros(qa.size),
+                   np.ascontiguousarray(table.T).ravel())
+        return enc.get_compressed().tobytes()
+
+    def bits(self, pk: Quantized, bands: int) -> float:
+        """Ideal code length of a packet (side information included), in bits."""
+        if pk.silent:
+            return 8.0
+        s = pk.scales
+        prev = np.concatenate([[S_LEVELS], s[:-1]])
+        side = -np.log2(self.side[prev, s]).sum() + 8.0
+        sc = self._channel_scale(s, self.edges(bands))
+        active = sc > 0
+        b = self.buckets(context_features(pk.symbols))
+        table = self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]
+        p = laplace_bin_probability(pk.symbols[active], table)
+        return float(side - np.log2(np.maximum(p, 1e-12)).sum())
+
+    def decode(self, payload: bytes, frames: int, bands: int) -> tuple[np.ndarray, int | None, np.ndarray]:
+        """Payload -> ``(symbols [L, frames] int32, E, band scales)``; E is None for a silent packet."""
+        words = _payload_words(payload)
+        L = self.channels
+        edges = self.edges(bands)
+        q = np.zeros((L, frames), dtype=np.int32)
+        try:
+            dec = constriction.stream.queue.RangeDecoder(words)
+            index = int(dec.decode(_UNIFORM_E, 1)[0])
+            if index == SILENT:
+                return q, None, np.zeros(bands, dtype=np.int64)
+            s = np.empty(bands, dtype=np.int64)
+            prev = S_LEVELS
+            for i in range(bands):
+                s[i] = prev = int(dec.decode(_CATEGORICAL, self.side[prev : prev + 1])[0])
+            sc = self._channel_scale(s, edges)
+            active = np.flatnonzero(sc > 0)
+            if active.size:
+                srow = sc[active] - 1
+                zeros = np.zeros(active.size)
+                for t in range(frames):
+                    if t == 0:
+                        b = np.zeros(active.size, dtype=np.int64)
+                    else:
+                        b = self.buckets(frame_features(q[:, max(0, t - 3) : t]))[active]
+                    q[active, t] = dec.decode(self._family, zeros, self._scale64[active, srow, b])
+        except Exception as exc:  # constriction raises plain errors on garbage
+            raise BitstreamError(f"packet payload cannot be range-decoded ({exc})") from None
+        return q, index - E_BIAS, s
+
+    def dequantize(self, q: np.ndarray, exponent: int | None, scales: np.ndarray, bands: int) -> np.ndarray:
+        """Symbols and side information of one packet -> latents in absolute units ``[L, F]`` float32."""
+        if exponent is None:
+            return np.zeros(q.shape, dtype=np.float32)
+        sc = self._channel_scale(np.asarray(scales), self.edges(bands))
+        w = q.astype(np.float32)
+        if np.any(self.offsets):
+            b = self.buckets(context_features(q))
+            off = self.offsets[self._rows[:, None], np.maximum(sc, 1)[:, None] - 1, b]
+            w = w - np.sign(w) * off
+        return expand(w, self.knee) * step_for(self.delta, exponent)
+
+    def decode_latents(self, payload: bytes, frames: int, bands: int) -> np.ndarray:
+        q, e, s = self.decode(payload, frames, bands)
+        return self.dequantize(q, e, s, bands)
