@@ -79,7 +79,11 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
                frames_per_packet: int, rate: Optional[int], channels: int, force: bool, quiet: bool,
                quality: Optional[float] = None, kbps: Optional[float] = None, warn=None) -> dict:
     """Microphone -> encoder -> file / network / stdout (and optionally -> decoder -> speaker)."""
+    from walloc_audio.codec_stream import FRAMING_BYTES
     from walloc_audio.compress import check_rate
+
+    from .transport_udp import PREFIX
+    DATAGRAM_PREFIX = PREFIX.size
 
     from .live import AudioInput, AudioOutput
     from .panel import LivePanel
@@ -92,7 +96,9 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     quality, kbps, warning = check_rate(model, quality, kbps, frames_per_packet)
     if warning and warn:
         warn(warning)
-    enc = StreamEncoder(model, frames_per_packet, quality=quality, kbps=kbps)
+    # --bitrate counts what goes on the wire: packet framing, plus the datagram prefix over UDP.
+    framing = FRAMING_BYTES + (DATAGRAM_PREFIX if send and send.startswith("udp:") else 0)
+    enc = StreamEncoder(model, frames_per_packet, quality=quality, kbps=kbps, framing_bytes=framing)
     stats = {"packets": 0, "bytes": 0, "samples": 0}
     with contextlib.ExitStack() as stack:
         mic = stack.enter_context(AudioInput(input_device, rate or cfg.sample_rate, channels, block_size))

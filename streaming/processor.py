@@ -25,7 +25,7 @@ import numpy as np
 
 from walloc_audio.adaptive import bands_for
 from walloc_audio.bitstream import Packet, StreamHeader, header_bytes, pack_end, pack_packet
-from walloc_audio.codec_stream import PacketDecoder, PacketEncoder, RateSpec
+from walloc_audio.codec_stream import FRAMING_BYTES, PacketDecoder, PacketEncoder, RateSpec
 from walloc_audio.compress import channel_mode_for, map_channels, stream_header
 from walloc_audio.pretrained import LoadedModel
 
@@ -50,11 +50,13 @@ class StreamEncoder:
     """
 
     def __init__(self, model: LoadedModel, frames_per_packet: int = 2, quality: float | None = None,
-                 kbps: float | None = None, max_payload: int | None = MAX_STREAM_PAYLOAD):
+                 kbps: float | None = None, max_payload: int | None = MAX_STREAM_PAYLOAD,
+                 framing_bytes: int = FRAMING_BYTES):
         self.model = model
         self.frames_per_packet = frames_per_packet
         self.version = 2 if model.adaptive is not None else 1
-        rate = RateSpec(quality, kbps, max_payload=max_payload) if self.version == 2 else None
+        rate = RateSpec(quality, kbps, max_payload=max_payload, framing_bytes=framing_bytes) \
+            if self.version == 2 else None
         self._enc = PacketEncoder(model, frames_per_packet, group_packets=1, rate=rate)
         self._resampler = None
         self.sample_rate = model.config.sample_rate

@@ -35,7 +35,7 @@ import torch
 from .errors import BitstreamError
 from .decoder import NetStream
 from .framefir import FrameFIR, fir_frames
-from .adaptive import E_MAX, bands_for
+from .adaptive import E_MAX, E_UNITS, bands_for
 from .pretrained import LoadedModel
 from .ratecontrol import Q_DEFAULT, Q_MAX, Q_MIN, BitrateControl, LevelTracker, exponent_for
 from .wavelets import frames_from_signal, signal_from_frames
@@ -232,8 +232,10 @@ class PacketDecoder:
         if self._net is not None:
             self._net.reset()
         self._latents = torch.zeros(self.config.latent_dim, 0)
+        self._gains = torch.ones(0)
         self._received = self._emitted = 0
         self._last = torch.zeros(self.config.latent_dim)
+        self._gain = 1.0  # step ratio of the last v2 packet (silent packets keep it)
         self._post_history = torch.zeros(1, self.config.channels, max(0, self.config.post_filter_taps - 1))
 
     def decode(self, frames: int, payload: bytes) -> np.ndarray:
@@ -251,14 +253,24 @@ class PacketDecoder:
     def latents(self, frames: int, payload: bytes) -> torch.Tensor:
         """Dequantized latents ``[L, frames]`` of one packet (range decoding and dequantization only)."""
         if self.version == 2:
-            return torch.from_numpy(self.model.adaptive.decode_latents(payload, frames, self.bands))
+            ad = self.model.adaptive
+            q, e, s = ad.decode(payload, frames, self.bands)
+            if e is not None:
+                # The nonlinear decoder was trained at the model's own step: it sees the latents
+                # divided by this packet's step ratio, so its residual follows the level too.
+                self._gain = 2.0 ** (e / E_UNITS)
+            return torch.from_numpy(ad.dequantize(q, e, s, self.bands))
         with torch.no_grad():
             return self.model.codec.bottleneck.dequantize(torch.from_numpy(self._values(frames, payload)))
 
     def decode_many(self, packets: Sequence[tuple[int, bytes]]) -> list[np.ndarray]:
         """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
-        z = torch.cat([self.latents(f, p) for f, p in packets], dim=1)
-        return self.synthesize(z, [f for f, _ in packets])
+        zs, gains = [], []
+        for f, p in packets:
+            zs.append(self.latents(f, p))
+            gains.append(torch.full((f,), self._gain, dtype=torch.float32))
+        return self.synthesize(torch.cat(zs, dim=1), [f for f, _ in packets],
+                               torch.cat(gains) if self.version == 2 else None)
 
     def _values(self, frames: int, payload: bytes) -> np.ndarray:
         """Reconstruction points of one packet's symbols (bin centroids where the coder knows them)."""
@@ -266,8 +278,10 @@ class PacketDecoder:
         q = coder.decode(payload, frames)
         return coder.reconstruct(q) if hasattr(coder, "reconstruct") else q
 
-    def synthesize(self, z: torch.Tensor, sizes: Sequence[int]) -> list[np.ndarray]:
-        """Dequantized latents ``[L, sum(sizes)]`` -> PCM, split into ``len(sizes)`` pieces."""
+    def synthesize(self, z: torch.Tensor, sizes: Sequence[int], gain: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Dequantized latents ``[L, sum(sizes)]`` -> PCM, split into ``len(sizes)`` pieces.
+
+        ``gain`` ``[sum(sizes)]``: per-frame level for the nonlinear decoder (version 2)."""
         c = self.config
         if z.shape[1]:
             self._last = z[:, -1].clone()
@@ -275,7 +289,7 @@ class PacketDecoder:
             if self._linear:
                 pcm = signal_from_frames(self._fir.process(z.T.contiguous()[:, None, :]), c.channels)[0].numpy()
             else:
-                pcm = self._synthesize_nonlinear(z)
+                pcm = self._synthesize_nonlinear(z, gain)
             if self.model.codec.post_filter is not None and pcm.shape[1]:
                 x = torch.from_numpy(pcm)[None]
                 out = self.model.codec.apply_post_filter(x, self._post_history)
@@ -299,25 +313,29 @@ class PacketDecoder:
         gains = decay ** torch.arange(1, frames + 1, dtype=torch.float32)
         z = self._last[:, None] * gains[None, :]
         self._last = z[:, -1].clone() if frames else self._last
-        return self.synthesize(z, [frames])[0]
+        level = torch.full((frames,), self._gain, dtype=torch.float32) if self.version == 2 else None
+        return self.synthesize(z, [frames], level)[0]
 
-    def _synthesize_nonlinear(self, z: torch.Tensor) -> np.ndarray:
+    def _synthesize_nonlinear(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> np.ndarray:
         # Run the net on (context + new frames) and emit the frames whose
         # look-ahead has arrived. Absolute frame counters: the buffer starts at
         # frame `base`; frames before `emitted` are out already.
         c = self.config
         if self._net is not None:  # causal net: each frame computed once, layer states carried
-            coef = self._net.process(z)
+            coef = self._net.process(z, gain)
             self._received += z.shape[1]
             self._emitted = self._received
             frames = coef.reshape(c.channels, c.frame, -1).permute(2, 0, 1).contiguous()
             return signal_from_frames(self._fir.process(frames), 1)[:, 0].numpy()
         la = c.lookahead_frames
         buf = torch.cat([self._latents, z], dim=1)
+        if gain is not None:  # with look-ahead the net runs on a window of frames: keep their gains with them
+            self._gains = torch.cat([self._gains, gain])[self._gains.shape[0] + gain.shape[0] - buf.shape[1]:]
         base = self._received - self._latents.shape[1]
         self._received += z.shape[1]
         ready_end = max(self._emitted, self._received - la)
-        coef = self.model.codec.decoder(buf[None])[0]  # [C*P, len(buf)]
+        g = None if gain is None else self._gains[None, None, :]
+        coef = self.model.codec.decoder(buf[None], g)[0]  # [C*P, len(buf)]
         ready = coef[:, self._emitted - base : ready_end - base]
         self._emitted = ready_end
         self._latents = buf[:, max(0, buf.shape[1] - (self._context + la)) :]

@@ -82,14 +82,17 @@ class Decoder(nn.Module):
             self.net = None
             self.receptive_field = 1
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """``gain`` ``[B, 1, K]`` (or broadcastable): see :meth:`NetStream.process`."""
         assert z.dim() == 3 and z.shape[1] == self.linear.shape[1], f"expected [B, L, K], got {tuple(z.shape)}"
         out = torch.einsum("dl,blk->bdk", self.linear, z)
         if self.net is not None:
             la = self.lookahead_frames
+            zn = z if gain is None else z / gain
             # Output k may see latents up to k + la: shift the input left by la frames.
-            shifted = F.pad(z, (0, la))[..., la:] if la else z
-            out = out + self.net(shifted)
+            shifted = F.pad(zn, (0, la))[..., la:] if la else zn
+            residual = self.net(shifted)
+            out = out + (residual if gain is None else residual * gain)
         return out
 
 
@@ -126,10 +129,17 @@ class NetStream:
         self._state: list[torch.Tensor | None] = [None] * len(self._units)
 
     @torch.no_grad()
-    def process(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent frames ``[L, n]`` -> decoder output ``[D, n]`` (linear path + net)."""
+    def process(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent frames ``[L, n]`` -> decoder output ``[D, n]`` (linear path + net).
+
+        ``gain`` ``[n]``: each frame's level relative to the level the net was trained at;
+        the net then sees ``z / gain`` and its residual is scaled back by ``gain``
+        (``L z + gain * net(z / gain)``), so its contribution follows the signal level
+        (version-2 streams pass the packets' step, see :class:`~walloc_audio.codec_stream.PacketDecoder`).
+        """
         n = z.shape[-1]
-        h = torch.addmm(self._in[1], self._in[0], z)
+        zn = z if gain is None else z / gain[None, :]
+        h = torch.addmm(self._in[1], self._in[0], zn)
         for i, (snake1, w, b, k, d, ctx, snake2, pw, pb) in enumerate(self._units):
             a = snake1(h[None])[0]
             prev = self._state[i]
@@ -141,4 +151,6 @@ class NetStream:
             y = torch.addmm(b, w, taps.reshape(-1, n))
             h = h + torch.addmm(pb, pw, snake2(y[None])[0])
         out = torch.addmm(self._out[1], self._out[0], self._snake_out(h[None])[0])
+        if gain is not None:
+            out = out * gain[None, :]
         return torch.addmm(out, self._linear, z)

@@ -11,14 +11,13 @@ model is a smoothed count of band scales given the previous band's.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from .adaptive import (CONTEXT_BUCKETS, E_BIAS, E_UNITS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, bands_for,
                        compand)
 from .entropy import context_thresholds, laplace_bin_probability
-from .ratecontrol import Q_DEFAULT, LevelTracker, exponent_for
+from .ratecontrol import LevelTracker, exponent_for
 
 H = 64  # magnitudes >= H share a tail bin in the scale search
 
@@ -44,9 +43,7 @@ def packet_exponents(y: np.ndarray, frames: int, quality: float, tracker: LevelT
     tracker.reset()
     out = np.empty(p, dtype=np.int64)
     for i in range(p):
-        level = math.log2(rms[i] / tracker.reference_level) if rms[i] > 0 else tracker.floor
-        tracker.envelope = max(level, tracker.envelope - tracker.release, tracker.floor)
-        out[i] = exponent_for(tracker.envelope, quality)
+        out[i] = exponent_for(tracker.advance(float(rms[i])), quality)
     return out
 
 

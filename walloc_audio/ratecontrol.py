@@ -10,8 +10,11 @@ release of ``RELEASE_DB_PER_S`` follows it: it rises at once with a loud
 packet and falls slowly after one, so the step tracks the level of a passage
 (a whole quiet track, a microphone at speaking level) without chasing every
 beat -- within a passage the noise stays at one level, as a mean-squared-error
-coder wants. Below ``FLOOR_DB`` under the reference the step stops shrinking:
-near-silence is not amplified, and it codes to (almost) nothing.
+coder wants. Below ``FLOOR_DB`` under the reference the step is mirrored: an
+envelope ``d`` dB under the floor gets the step of ``d`` dB *above* it, so the
+signal-to-step ratio falls by ``2d`` and near-silence (dither, a -90 dBFS hiss,
+an idle microphone) codes to all-zero packets instead of being amplified, while
+quiet music above the floor keeps its quality.
 
 **Quality** ``Q`` (0..10, default 5): the step is ``delta * 2**(level + (5 -
 Q)/2)``: each unit of ``Q`` is 3 dB less quantization noise; ``Q = 5`` on
@@ -37,9 +40,10 @@ from .adaptive import E_MAX, E_MIN, E_UNITS
 
 Q_MIN, Q_MAX, Q_DEFAULT = 0.0, 10.0, 5.0
 RELEASE_DB_PER_S = 2.0
-FLOOR_DB = -50.0
+FLOOR_DB = -60.0
 KAPPA = 0.28  # log2 of the rate ratio per unit of Q on music (fitted, recipes/codec/fit_v2.py reports it)
 _DB_PER_OCTAVE = 20.0 * math.log10(2.0)
+_DEEP = 20.0  # octaves under the floor where the envelope stops falling (digital silence)
 
 
 def packet_level(y: np.ndarray) -> float:
@@ -64,13 +68,17 @@ class LevelTracker:
         self.reset()
 
     def reset(self) -> None:
-        self.envelope = self.floor
+        self.envelope = self.floor - _DEEP
+
+    def advance(self, rms: float) -> float:
+        """Take a packet's RMS; return the level its step is set from (octaves, mirrored below the floor)."""
+        level = math.log2(rms / self.reference_level) if rms > 0 else self.floor - _DEEP
+        self.envelope = max(level, self.envelope - self.release, self.floor - _DEEP)
+        e = self.envelope
+        return e if e >= self.floor else 2.0 * self.floor - e
 
     def update(self, y: np.ndarray) -> float:
-        rms = packet_level(y)
-        level = math.log2(rms / self.reference_level) if rms > 0 else self.floor
-        self.envelope = max(level, self.envelope - self.release, self.floor)
-        return self.envelope
+        return self.advance(packet_level(y))
 
 
 def exponent_for(envelope: float, quality: float) -> int:

@@ -15,12 +15,12 @@ import soundfile as sf
 from walloc_audio.adaptive import E_MAX, E_MIN, S_LEVELS, band_scales, band_edges
 from walloc_audio.audio import read_audio
 from walloc_audio.bitstream import MAGIC, BitstreamReader, StreamHeader, read_header
-from walloc_audio.compress import decode_stream, decompress_file, encode_stream
+from walloc_audio.compress import decode_stream, decompress_file
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.errors import BitstreamError
 from walloc_audio.pretrained import load_model
 
-from test_compress import BlockSource, encode_bytes
+from test_compress import encode_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -193,3 +193,38 @@ def test_v2_stream_needs_the_matching_entropy_model(linear, demo, tmp_path):
     other = other[:14] + struct.pack("<I", zlib.crc32(other[18 : 18 + n])) + other[18:]
     with pytest.raises(BitstreamError, match="v2 entropy model"):
         decode_stream(io.BytesIO(other), str(tmp_path / "o.wav"), model=linear)
+
+
+@pytest.mark.slow
+def test_live_bitrate_holds_every_second_and_packets_fit_a_datagram(linear, demo):
+    from streaming.processor import StreamEncoder
+
+    x, rate = demo
+    x = np.ascontiguousarray(np.tile(x, 2)[:, : 16 * rate])
+    for kbps, gain in [(32.0, 1.0), (32.0, 0.01), (64.0, 1.0)]:
+        enc = StreamEncoder(linear, 2, kbps=kbps)
+        enc.prepare(rate, 2, 512)
+        sizes = []
+        for i in range(0, x.shape[1], 512):
+            sizes += [len(p) for p in enc.process(x[:, i : i + 512] * gain)]
+        assert max(sizes) <= 1200 - 10  # each packet fits a datagram with its prefix
+        per_s = int(round(rate / (2 * linear.config.frame)))  # packets per second
+        windows = [8 * sum(sizes[i : i + per_s]) / 1000 for i in range(2 * per_s, len(sizes) - per_s, per_s // 4)]
+        assert all(abs(w / kbps - 1) < 0.10 for w in windows), (kbps, gain, min(windows), max(windows))
+
+
+@pytest.mark.slow
+def test_nonlinear_decoder_follows_the_level_and_streams_like_a_file(demo, tmp_path):
+    from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
+
+    model = load_model("stereo-5x-ll")  # a trained Snake decoder net
+    x, rate = demo
+    x = np.ascontiguousarray(x[:, : 4 * rate])
+    snr = [_snr(x * g, _roundtrip(model, x * g, rate, tmp_path)[1]) for g in (1.0, 0.01)]
+    assert abs(snr[0] - snr[1]) < 0.5, snr  # its residual is scaled by each packet's step, not fixed
+    enc = PacketEncoder(model, 2, rate=None)
+    packets = enc.push(x * 0.1) + enc.flush()
+    whole = np.concatenate(PacketDecoder(model, 2, enc.bands).decode_many(packets), axis=1)
+    one = PacketDecoder(model, 2, enc.bands)
+    pieces = np.concatenate([one.decode(f, p) for f, p in packets], axis=1)
+    assert np.abs(whole - pieces).max() < 1e-5
