@@ -37,7 +37,7 @@ from .decoder import NetStream
 from .framefir import FrameFIR, fir_frames
 from .adaptive import E_MAX, E_UNITS, bands_for
 from .pretrained import LoadedModel
-from .ratecontrol import Q_DEFAULT, Q_MAX, Q_MIN, BitrateControl, LevelTracker, exponent_for
+from .ratecontrol import Q_DEFAULT, Q_RATE_MAX, Q_RATE_MIN, BitrateControl, LevelTracker, exponent_for
 from .wavelets import frames_from_signal, signal_from_frames
 
 FRAMING_BYTES = 14  # container bytes per packet beside the payload (bitstream._PACKET)
@@ -414,9 +414,9 @@ def rate_curve(model: LoadedModel, frames_per_packet: int) -> list[tuple[float, 
 
 
 def bitrate_limits(model: LoadedModel, frames_per_packet: int) -> tuple[float, float] | None:
-    """Lowest and highest average kbps the rate curve reaches between ``Q_MIN`` and ``Q_MAX``."""
+    """Lowest and highest average kbps the rate curve (music) reaches within rate control's range of Q."""
     curve = rate_curve(model, frames_per_packet)
     if not curve:
         return None
-    rates = [r for q, r in curve if Q_MIN <= q <= Q_MAX]
+    rates = [r for q, r in curve if Q_RATE_MIN <= q <= Q_RATE_MAX]
     return min(rates), max(rates)

@@ -194,7 +194,7 @@ __all__ = ["fit_adaptive", "ideal_bits", "reference_level", "E_BIAS"]
 
 
 def rate_curves(coder: AdaptiveCoder, latents: list[np.ndarray], frame_seconds: float,
-                packet_frames=(64, 2), qualities=tuple(range(11)), framing_bytes: int = 14) -> dict:
+                packet_frames=(64, 2), qualities=tuple(range(-4, 17)), framing_bytes: int = 14) -> dict:
     """``{F: [(Q, kbps)]}``: ideal code length plus container framing at each quality (music)."""
     out = {}
     for F in packet_frames:
@@ -236,5 +236,5 @@ def fit_codec_v2(codec, train_clips, val_clips, centroids: bool, log=None) -> tu
               "fitted_on_seconds": round(sum(y.shape[1] for y in tr) * fs, 1)}
     if val_clips:
         record["rate_curves"] = rate_curves(coder, latents(val_clips), fs)
-        record["rate_curves_note"] = "kbps at Q=0..10: ideal code length + 14-byte framing, validation music"
+        record["rate_curves_note"] = "kbps at Q=-4..16: ideal code length + 14-byte framing, validation music"
     return coder, record

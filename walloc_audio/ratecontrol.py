@@ -39,6 +39,9 @@ import numpy as np
 from .adaptive import E_MAX, E_MIN, E_UNITS
 
 Q_MIN, Q_MAX, Q_DEFAULT = 0.0, 10.0, 5.0
+# Rate control may go past the user's quality scale: sparse or quiet music needs a finer step than
+# Q = 10 to fill a high bitrate, dense music a coarser one than Q = 0 for a low one.
+Q_RATE_MIN, Q_RATE_MAX = -4.0, 16.0
 RELEASE_DB_PER_S = 2.0
 FLOOR_DB = -60.0
 KAPPA = 0.28  # log2 of the rate ratio per unit of Q on music (fitted, recipes/codec/fit_v2.py reports it)
@@ -105,7 +108,7 @@ class BitrateControl:
         self.framing_bits = 8.0 * framing_bytes
         self.debt = 8.0 * fixed_bytes
         self.horizon = max(1, int(horizon))
-        self.quality = float(min(max(initial_quality, Q_MIN), Q_MAX))
+        self.quality = float(min(max(initial_quality, Q_RATE_MIN), Q_RATE_MAX))
         self._complexity: float | None = None
 
     def update(self, payload_bytes: int, frames_fraction: float = 1.0) -> None:
@@ -118,4 +121,4 @@ class BitrateControl:
         goal = self.target_bits - self.framing_bits - self.debt / self.horizon
         goal = max(goal, 0.1 * self.target_bits)
         q = math.log2(goal / self._complexity) / KAPPA
-        self.quality = float(min(max(q, Q_MIN), Q_MAX))
+        self.quality = float(min(max(q, Q_RATE_MIN), Q_RATE_MAX))
