@@ -82,9 +82,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     from walloc_audio.codec_stream import FRAMING_BYTES
     from walloc_audio.compress import check_rate
 
-    from .transport_udp import PREFIX
-    DATAGRAM_PREFIX = PREFIX.size
-
+    from .transport_udp import PREFIX as DATAGRAM_PREFIX
     from .live import AudioInput, AudioOutput
     from .panel import LivePanel
 
@@ -97,7 +95,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     if warning and warn:
         warn(warning)
     # --bitrate counts what goes on the wire: packet framing, plus the datagram prefix over UDP.
-    framing = FRAMING_BYTES + (DATAGRAM_PREFIX if send and send.startswith("udp:") else 0)
+    framing = FRAMING_BYTES + (DATAGRAM_PREFIX.size if send and send.startswith("udp:") else 0)
     enc = StreamEncoder(model, frames_per_packet, quality=quality, kbps=kbps, framing_bytes=framing)
     stats = {"packets": 0, "bytes": 0, "samples": 0}
     with contextlib.ExitStack() as stack:
