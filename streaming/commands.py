@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Optional
 
-from walloc_audio.bitstream import unpack_packet
+from walloc_audio.bitstream import PACKET_HEADER_BYTES, unpack_packet
 from walloc_audio.codec_stream import OutputTrim
 from walloc_audio.errors import WallocError
 from walloc_audio.fsutil import STDIO, atomic_output
@@ -79,7 +79,6 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
                frames_per_packet: int, rate: Optional[int], channels: int, force: bool, quiet: bool,
                quality: Optional[float] = None, kbps: Optional[float] = None, warn=None) -> dict:
     """Microphone -> encoder -> file / network / stdout (and optionally -> decoder -> speaker)."""
-    from walloc_audio.codec_stream import FRAMING_BYTES
     from walloc_audio.compress import check_rate
 
     from .transport_udp import PREFIX as DATAGRAM_PREFIX
@@ -95,7 +94,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     if warning and warn:
         warn(warning)
     # --bitrate counts what goes on the wire: packet framing, plus the datagram prefix over UDP.
-    framing = FRAMING_BYTES + (DATAGRAM_PREFIX.size if send and send.startswith("udp:") else 0)
+    framing = PACKET_HEADER_BYTES + (DATAGRAM_PREFIX.size if send and send.startswith("udp:") else 0)
     enc = StreamEncoder(model, frames_per_packet, quality=quality, kbps=kbps, framing_bytes=framing)
     stats = {"packets": 0, "bytes": 0, "samples": 0}
     with contextlib.ExitStack() as stack:
@@ -206,7 +205,7 @@ def run_listen(url: str, out: Optional[str], play: bool, output_device, block_si
                 if kind == "packet":
                     pcm = dec.process(value)
                     stats["packets"] += 1
-                    stats["bytes"] += len(value.payload) + 14
+                    stats["bytes"] += len(value.payload) + PACKET_HEADER_BYTES
                 elif kind == "lost":
                     pcm = dec.lost()
                     stats["lost"] += 1

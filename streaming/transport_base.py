@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterator
 
-from walloc_audio.bitstream import StreamHeader
+from walloc_audio.bitstream import PACKET_HEADER_BYTES, StreamHeader
 from walloc_audio.errors import WallocError
 
 from .transport_jitter import STAT_KEYS
@@ -85,8 +85,8 @@ def resolve(ep: Endpoint, socktype: int) -> tuple[int, tuple]:
 
 def packet_frames(data: bytes) -> int:
     """Frame count of one whole packet from ``pack_packet``/``pack_end`` (checks its length prefix)."""
-    ok = isinstance(data, (bytes, bytearray)) and len(data) >= 14
-    if not ok or int.from_bytes(data[:4], "little") != len(data) - 14:
+    ok = isinstance(data, (bytes, bytearray)) and len(data) >= PACKET_HEADER_BYTES
+    if not ok or int.from_bytes(data[:4], "little") != len(data) - PACKET_HEADER_BYTES:
         raise ValueError("expected exactly one packet as produced by pack_packet / pack_end")
     return int.from_bytes(data[8:10], "little")
 

@@ -27,6 +27,7 @@ import soundfile as sf
 import torch
 
 from .audio import read_audio
+from .bitstream import PACKET_HEADER_BYTES
 from .codec_stream import PacketDecoder, PacketEncoder
 from .compress import decode_stream, encode_stream
 from .demo import DEMO_CLIP
@@ -63,7 +64,7 @@ def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats:
     return {"threads": threads, "samples": n, "enc_s": best_enc, "dec_s": best_dec,
             "enc_msps": n / best_enc / 1e6, "dec_msps": n / best_dec / 1e6,
             "enc_rt": seconds / best_enc, "dec_rt": seconds / best_dec,
-            "kbps": 8 * sum(len(p) + 14 for _, p in packets) / seconds / 1000}
+            "kbps": 8 * sum(len(p) + PACKET_HEADER_BYTES for _, p in packets) / seconds / 1000}
 
 
 def _watch_peak_rss(proc: subprocess.Popen) -> int:

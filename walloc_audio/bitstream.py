@@ -53,6 +53,8 @@ MAX_PACKET_BYTES = 16 * 1024 * 1024
 _PREFIX = struct.Struct("<8sHII")
 _PACKET = struct.Struct("<IIHI")
 _END = struct.Struct("<QQ")
+PACKET_HEADER_BYTES = _PACKET.size  # container bytes each packet costs beside its payload
+END_PACKET_BYTES = _PACKET.size + _END.size
 
 
 @dataclass

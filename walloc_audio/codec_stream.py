@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .bitstream import PACKET_HEADER_BYTES
 from .errors import BitstreamError
 from .decoder import NetStream
 from .framefir import FrameFIR, fir_frames
@@ -40,7 +41,7 @@ from .pretrained import LoadedModel
 from .ratecontrol import Q_DEFAULT, Q_RATE_MAX, Q_RATE_MIN, BitrateControl, LevelTracker, exponent_for
 from .wavelets import frames_from_signal, signal_from_frames
 
-FRAMING_BYTES = 14  # container bytes per packet beside the payload (bitstream._PACKET)
+FRAMING_BYTES = PACKET_HEADER_BYTES
 
 
 class RateSpec:

@@ -28,8 +28,8 @@ import numpy as np
 
 from . import __version__
 from .audio import AudioReader, AudioWriter
-from .bitstream import BitstreamReader, BitstreamWriter, StreamHeader, header_bytes
-from .codec_stream import FRAMING_BYTES, OutputTrim, PacketDecoder, PacketEncoder, RateSpec
+from .bitstream import END_PACKET_BYTES, BitstreamReader, BitstreamWriter, StreamHeader, header_bytes
+from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder, RateSpec
 from .errors import AudioError, BitstreamError
 from .fsutil import STDIO, atomic_output
 from .pretrained import LoadedModel, load_model
@@ -77,9 +77,6 @@ def channel_mode_for(source_channels: int, model_channels: int, downmix: bool, n
         f"{name}: {source_channels} channels, the model codes {model_channels} "
         "(use --downmix to average them down)"
     )
-
-
-END_BYTES = FRAMING_BYTES + 16  # the end packet
 
 
 def check_rate(model: LoadedModel, quality: float | None, kbps: float | None,
@@ -154,7 +151,7 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
                            mode, version, {"group_packets": group_packets})
     rate = None
     if version == 2:
-        rate = RateSpec(quality, kbps, fixed_bytes=len(header_bytes(header)) + END_BYTES)
+        rate = RateSpec(quality, kbps, fixed_bytes=len(header_bytes(header)) + END_PACKET_BYTES)
     writer = BitstreamWriter(out, header)
     enc = PacketEncoder(model, frames_per_packet, group_packets, rate=rate, version=version)
     produced = 0

@@ -16,6 +16,7 @@ import numpy as np
 
 from .adaptive import (CONTEXT_BUCKETS, E_BIAS, E_UNITS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, bands_for,
                        compand)
+from .bitstream import PACKET_HEADER_BYTES
 from .entropy import context_thresholds, laplace_bin_probability
 from .ratecontrol import LevelTracker, exponent_for
 
@@ -194,7 +195,7 @@ __all__ = ["fit_adaptive", "ideal_bits", "reference_level", "E_BIAS"]
 
 
 def rate_curves(coder: AdaptiveCoder, latents: list[np.ndarray], frame_seconds: float,
-                packet_frames=(64, 2), qualities=tuple(range(-4, 17)), framing_bytes: int = 14) -> dict:
+                packet_frames=(64, 2), qualities=tuple(range(-4, 17)), framing_bytes: int = PACKET_HEADER_BYTES) -> dict:
     """``{F: [(Q, kbps)]}``: ideal code length plus container framing at each quality (music)."""
     out = {}
     for F in packet_frames:

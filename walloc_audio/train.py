@@ -426,6 +426,7 @@ def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig
 
 def measure(model, tracks: list[torch.Tensor], seconds: float) -> dict:
     """kbps, bits/latent, SNR and paper PSNR through the real bitstream (encode -> bytes -> decode)."""
+    from .bitstream import PACKET_HEADER_BYTES
     from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder
 
     cfg = model.config
@@ -442,7 +443,7 @@ def measure(model, tracks: list[torch.Tensor], seconds: float) -> dict:
         pieces = [trim.release(trim.align(p)) for p in dec.decode_many(packets)]
         pieces.append(trim.finish(x.shape[1], strict=False))
         y = np.concatenate(pieces, axis=1)[:, : x.shape[1]].astype(np.float64)
-        bits += 8 * sum(len(p) + 14 for _, p in packets)
+        bits += 8 * sum(len(p) + PACKET_HEADER_BYTES for _, p in packets)
         frames += enc.frames_out
         dur += x.shape[1] / cfg.sample_rate
         se += float(((y - x) ** 2).sum())
