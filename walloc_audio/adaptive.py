@@ -91,12 +91,15 @@ def expand(v: np.ndarray, knee: float) -> np.ndarray:
 
 
 def band_scales(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Band scale ``S`` of each band of symbols ``q`` ``[L, F]`` (see the module docstring)."""
-    mag = np.abs(q).astype(np.int64).sum(axis=1)
-    sums = np.add.reduceat(mag, edges[:-1])
-    counts = np.diff(edges) * q.shape[1]
-    m = sums / counts
-    s = np.zeros(len(counts), dtype=np.int64)
+    """Band scale ``S`` of each band of symbols ``q`` (see the module docstring).
+
+    ``[L, F] -> [bands]``; packets side by side, ``[L, P, F] -> [bands, P]``.
+    """
+    mag = np.abs(q).astype(np.int64).sum(axis=-1)
+    sums = np.add.reduceat(mag, edges[:-1], axis=0)
+    counts = np.diff(edges) * q.shape[-1]
+    m = sums / counts.reshape((-1,) + (1,) * (sums.ndim - 1))
+    s = np.zeros(sums.shape, dtype=np.int64)
     nz = sums > 0
     s[nz] = np.clip(np.rint(2.0 * np.log2(m[nz])) + S_ZERO, 1, S_LEVELS - 1)
     return s
@@ -160,6 +163,7 @@ class AdaptiveCoder:
         self._scale64 = np.maximum(self.scales.astype(np.float64), 1e-3)
         self._family = constriction.stream.model.QuantizedLaplace(-self.max_symbol, self.max_symbol)
         self._rows = np.arange(L)
+        self._centroids = bool(np.any(self.offsets))
 
     # -- helpers shared by encoder and decoder ------------------------------------------------
     def buckets(self, features: np.ndarray) -> np.ndarray:
@@ -175,10 +179,16 @@ class AdaptiveCoder:
     def _channel_scale(self, s: np.ndarray, edges: np.ndarray) -> np.ndarray:
         return np.repeat(s, np.diff(edges))
 
+    def _symbol_scales(self, pk: Quantized, bands: int) -> tuple[np.ndarray, np.ndarray]:
+        """Channels that are coded (their band is not all zero) and their Laplace scales ``[La, F]``."""
+        sc = self._channel_scale(pk.scales, self.edges(bands))
+        active = sc > 0
+        b = self.buckets(context_features(pk.symbols))
+        return active, self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]
+
     # -- coding -----------------------------------------------------------------------------
     def encode(self, pk: Quantized, bands: int) -> bytes:
         """One packet's payload: E index, band scales, then the symbols of nonzero bands."""
-        edges = self.edges(bands)
         enc = constriction.stream.queue.RangeEncoder()
         if pk.silent:
             enc.encode(np.array([SILENT], dtype=np.int32), _UNIFORM_E)
@@ -189,12 +199,8 @@ class AdaptiveCoder:
         s = pk.scales.astype(np.int32)
         prev = np.concatenate([[S_LEVELS], s[:-1]])
         enc.encode(s, _CATEGORICAL, self.side[prev])
-        sc = self._channel_scale(s, edges)
-        active = sc > 0
-        q = pk.symbols
-        b = self.buckets(context_features(q))
-        table = self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]  # [La, F]
-        qa = q[active]
+        active, table = self._symbol_scales(pk, bands)
+        qa = pk.symbols[active]
         enc.encode(np.ascontiguousarray(qa.T).ravel(), self._family, np.zeros(qa.size),
                    np.ascontiguousarray(table.T).ravel())
         return enc.get_compressed().tobytes()
@@ -206,10 +212,7 @@ class AdaptiveCoder:
         s = pk.scales
         prev = np.concatenate([[S_LEVELS], s[:-1]])
         side = -np.log2(self.side[prev, s]).sum() + 8.0
-        sc = self._channel_scale(s, self.edges(bands))
-        active = sc > 0
-        b = self.buckets(context_features(pk.symbols))
-        table = self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]
+        active, table = self._symbol_scales(pk, bands)
         p = laplace_bin_probability(pk.symbols[active], table)
         return float(side - np.log2(np.maximum(p, 1e-12)).sum())
 
@@ -249,7 +252,7 @@ class AdaptiveCoder:
             return np.zeros(q.shape, dtype=np.float32)
         sc = self._channel_scale(np.asarray(scales), self.edges(bands))
         w = q.astype(np.float32)
-        if np.any(self.offsets):
+        if self._centroids:
             b = self.buckets(context_features(q))
             off = self.offsets[self._rows[:, None], np.maximum(sc, 1)[:, None] - 1, b]
             w = w - np.sign(w) * off

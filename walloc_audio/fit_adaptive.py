@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adaptive import (CONTEXT_BUCKETS, E_BIAS, E_UNITS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, bands_for,
-                       compand)
+from .adaptive import (CONTEXT_BUCKETS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, band_scales, bands_for,
+                       compand, expand, step_for)
 from .bitstream import PACKET_HEADER_BYTES
-from .entropy import context_thresholds, laplace_bin_probability
+from .entropy import _activity, context_thresholds, laplace_bin_probability
 from .ratecontrol import LevelTracker, exponent_for
 
 H = 64  # magnitudes >= H share a tail bin in the scale search
@@ -56,25 +56,16 @@ def packet_symbols(y: np.ndarray, exponents: np.ndarray, frames: int, bands: int
     """
     L = y.shape[0]
     p = exponents.size
-    steps = (np.float64(delta) * 2.0 ** (exponents / E_UNITS)).astype(np.float32)
+    steps = np.array([step_for(delta, e) for e in exponents], dtype=np.float32)  # the encoder's own steps
     u = y[:, : p * frames].reshape(L, p, frames).astype(np.float32) / steps[None, :, None]
     v = compand(u, knee)
     q = np.clip(np.rint(v), -max_symbol, max_symbol).astype(np.int32)
-    edges = band_edges(L, bands)
-    a = np.abs(q).astype(np.int64)
-    sums = np.add.reduceat(a.sum(axis=2), edges[:-1], axis=0)  # [bands, P]
-    m = sums / (np.diff(edges)[:, None] * frames)
-    s = np.zeros_like(sums)
-    nz = sums > 0
-    s[nz] = np.clip(np.rint(2.0 * np.log2(m[nz])) + S_ZERO, 1, S_LEVELS - 1)
+    s = band_scales(q, band_edges(L, bands))  # [bands, P]
     # context features inside each packet (entropy.context_features, vectorised over packets)
+    a = np.abs(q).astype(np.int64)
     f = np.full((L, p, frames), -1, dtype=np.int64)
-    from .entropy import _neighbours
-
-    m2, m1, p1, p2 = _neighbours(L)
     for t in range(1, frames):
-        a1, a2, a3 = a[:, :, t - 1], a[:, :, max(t - 2, 0)], a[:, :, max(t - 3, 0)]
-        f[:, :, t] = 4 * a1 + 2 * a2 + a3 + 2 * (a1[m1] + a1[p1]) + a1[m2] + a1[p2]
+        f[:, :, t] = _activity(a[:, :, t - 1], a[:, :, max(t - 2, 0)], a[:, :, max(t - 3, 0)])
     thresholds = context_thresholds(CONTEXT_BUCKETS)
     b = np.where(f < 0, 0, np.searchsorted(thresholds, f, side="right") + 1)
     return q, v, s.T, b
@@ -166,8 +157,6 @@ def fit_adaptive(latents: list[np.ndarray], *, delta: float, knee: float, max_sy
 def ideal_bits(coder: AdaptiveCoder, y: np.ndarray, frames: int, quality: float, frame_seconds: float,
                release_db_per_s: float | None = None) -> tuple[float, float, int]:
     """``(bits, squared latent error, latents)`` of coding ``y`` at constant quality (ideal code lengths)."""
-    from .adaptive import expand, step_for
-
     kw = {} if release_db_per_s is None else {"release_db_per_s": release_db_per_s}
     tracker = LevelTracker(coder.reference_level, frames * frame_seconds, **kw)
     e = packet_exponents(y, frames, quality, tracker)
@@ -190,8 +179,6 @@ def ideal_bits(coder: AdaptiveCoder, y: np.ndarray, frames: int, quality: float,
     err = float(((yhat.astype(np.float64) - y[:, : e.size * frames].reshape(q.shape)) ** 2).sum())
     return bits, err, q.size
 
-
-__all__ = ["fit_adaptive", "ideal_bits", "reference_level", "E_BIAS"]
 
 
 def rate_curves(coder: AdaptiveCoder, latents: list[np.ndarray], frame_seconds: float,

@@ -228,3 +228,19 @@ def test_nonlinear_decoder_follows_the_level_and_streams_like_a_file(demo, tmp_p
     one = PacketDecoder(model, 2, enc.bands)
     pieces = np.concatenate([one.decode(f, p) for f, p in packets], axis=1)
     assert np.abs(whole - pieces).max() < 1e-5
+
+
+def test_the_fit_sees_exactly_what_the_encoder_codes(linear):
+    from walloc_audio.entropy import context_features
+    from walloc_audio.fit_adaptive import packet_symbols
+
+    ad = linear.adaptive
+    rng = np.random.default_rng(3)
+    L, F, P = linear.config.latent_dim, 8, 5
+    y = (rng.laplace(size=(L, F * P)) * np.geomspace(0.5, 1e-4, L)[:, None]).astype(np.float32)
+    exponents = np.array([-20, -8, 0, 7, 30])
+    q, _, s, b = packet_symbols(y, exponents, F, 3, ad.delta, ad.knee, ad.max_symbol)
+    for i, e in enumerate(exponents):
+        pk = ad.quantize(y[:, i * F : (i + 1) * F], int(e), 3)
+        assert np.array_equal(q[:, i], pk.symbols) and np.array_equal(s[i], pk.scales)
+        assert np.array_equal(b[:, i], ad.buckets(context_features(pk.symbols)))
