@@ -50,6 +50,20 @@ def _plan(paths: List[str], out_dir: Optional[Path], suffixes: Iterable[str], ne
     return [(p, str(n)) for p, n in zip(inputs, names)]
 
 
+def _check_rate_options(quality: Optional[float], bitrate: Optional[float]) -> None:
+    """``--quality`` / ``--bitrate`` of encode and stream: one-line errors before any work."""
+    import math
+
+    from .ratecontrol import Q_MAX, Q_MIN
+
+    if quality is not None and bitrate is not None:
+        raise WallocError("give --quality or --bitrate, not both")
+    if quality is not None and not (math.isfinite(quality) and Q_MIN <= quality <= Q_MAX):
+        raise WallocError(f"--quality must be {Q_MIN:g}..{Q_MAX:g}")
+    if bitrate is not None and not (math.isfinite(bitrate) and bitrate > 0):
+        raise WallocError("--bitrate must be a positive number of kbps")
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -146,21 +160,13 @@ def encode(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Encode audio (WAV, FLAC, OGG, Opus, MP3, anything ffmpeg reads; - for stdin) to .wlc."""
-    import math
-
     from .pretrained import DEFAULT_MODEL
-    from .ratecontrol import Q_MAX, Q_MIN
 
     if not 1 <= frames_per_packet <= 4096:
         raise WallocError("--frames-per-packet must be 1..4096")
     if not 1 <= group_packets <= 64:
         raise WallocError("--group-packets must be 1..64")
-    if quality is not None and bitrate is not None:
-        raise WallocError("give --quality or --bitrate, not both")
-    if quality is not None and not (math.isfinite(quality) and Q_MIN <= quality <= Q_MAX):
-        raise WallocError(f"--quality must be {Q_MIN:g}..{Q_MAX:g}")
-    if bitrate is not None and not (math.isfinite(bitrate) and bitrate > 0):
-        raise WallocError("--bitrate must be a positive number of kbps")
+    _check_rate_options(quality, bitrate)
     from .audio import AUDIO_SUFFIXES
 
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
@@ -398,16 +404,9 @@ def stream(
         out_console = Console()
         out_console.print(t)
         return
-    import math
-
     from streaming.commands import run_stream
 
-    if quality is not None and bitrate is not None:
-        raise WallocError("give --quality or --bitrate, not both")
-    if quality is not None and not (math.isfinite(quality) and 0 <= quality <= 10):
-        raise WallocError("--quality must be 0..10")
-    if bitrate is not None and not (math.isfinite(bitrate) and bitrate > 0):
-        raise WallocError("--bitrate must be a positive number of kbps")
+    _check_rate_options(quality, bitrate)
     st = run_stream(model, out, send, monitor, _device(input_device), _device(output_device), block_size, seconds,
                     frames_per_packet, rate, channels, force, quiet, quality, bitrate,
                     warn=lambda w: err.print(f"walloc-audio: {w}", highlight=False, markup=False, soft_wrap=True))

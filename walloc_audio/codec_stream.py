@@ -269,9 +269,9 @@ class PacketDecoder:
         zs, gains = [], []
         for f, p in packets:
             zs.append(self.latents(f, p))
-            gains.append(torch.full((f,), self._gain, dtype=torch.float32))
-        return self.synthesize(torch.cat(zs, dim=1), [f for f, _ in packets],
-                               torch.cat(gains) if self.version == 2 else None)
+            if self.version == 2:  # each frame's step ratio, for the nonlinear decoder
+                gains.append(torch.full((f,), self._gain, dtype=torch.float32))
+        return self.synthesize(torch.cat(zs, dim=1), [f for f, _ in packets], torch.cat(gains) if gains else None)
 
     def _values(self, frames: int, payload: bytes) -> np.ndarray:
         """Reconstruction points of one packet's symbols (bin centroids where the coder knows them)."""

@@ -212,7 +212,7 @@ class Track:
         """This track scaled by ``gain_db`` (a level sweep: the same music, quieter), as a new WAV."""
         if gain_db == 0:
             return self
-        wav = self.wav.replace(".wav", f".gain{gain_db:+g}.wav")
+        wav = f"{os.path.splitext(self.wav)[0]}.gain{gain_db:+g}.wav"
         if not os.path.exists(wav):
             sf.write(wav, (self.read() * np.float32(10 ** (gain_db / 20))).T, self.sample_rate, subtype="FLOAT")
         return Track(self.path, wav, self.samples, self.sample_rate)
@@ -337,10 +337,8 @@ def settings_for(model: LoadedModel, qualities: Sequence[float], step_scales: Se
     return out
 
 
-def run_walloc(track: Track, model: LoadedModel, setting: Setting | float, workdir: str) -> Coded:
+def run_walloc(track: Track, model: LoadedModel, setting: Setting, workdir: str) -> Coded:
     """Real encode to ``.wlc`` and real decode back, through the file functions the CLI uses."""
-    if not isinstance(setting, Setting):
-        setting = Setting(1, step_scale=float(setting))
     wlc, out = os.path.join(workdir, "point.wlc"), os.path.join(workdir, "point.decoded.wav")
     t0 = time.perf_counter()
     stats = compress_file(track.wav, wlc, model, overwrite=True, step_scale=setting.step_scale,
