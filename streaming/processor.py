@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from walloc_audio.adaptive import bands_for
-from walloc_audio.bitstream import Packet, StreamHeader, header_bytes, pack_end, pack_packet
-from walloc_audio.codec_stream import FRAMING_BYTES, PacketDecoder, PacketEncoder, RateSpec
+from walloc_audio.bitstream import PACKET_HEADER_BYTES, Packet, StreamHeader, header_bytes, pack_end, pack_packet
+from walloc_audio.codec_stream import PacketDecoder, PacketEncoder, RateSpec
 from walloc_audio.compress import channel_mode_for, map_channels, stream_header
 from walloc_audio.pretrained import LoadedModel
 
@@ -51,7 +51,7 @@ class StreamEncoder:
 
     def __init__(self, model: LoadedModel, frames_per_packet: int = 2, quality: float | None = None,
                  kbps: float | None = None, max_payload: int | None = MAX_STREAM_PAYLOAD,
-                 framing_bytes: int = FRAMING_BYTES):
+                 framing_bytes: int = PACKET_HEADER_BYTES):
         self.model = model
         self.frames_per_packet = frames_per_packet
         self.version = 2 if model.adaptive is not None else 1

@@ -41,7 +41,6 @@ from .pretrained import LoadedModel
 from .ratecontrol import Q_DEFAULT, Q_RATE_MAX, Q_RATE_MIN, BitrateControl, LevelTracker, exponent_for
 from .wavelets import frames_from_signal, signal_from_frames
 
-FRAMING_BYTES = PACKET_HEADER_BYTES
 
 
 class RateSpec:
@@ -57,7 +56,7 @@ class RateSpec:
     """
 
     def __init__(self, quality: float | None = None, kbps: float | None = None, max_payload: int | None = None,
-                 framing_bytes: int = FRAMING_BYTES, fixed_bytes: int = 0):
+                 framing_bytes: int = PACKET_HEADER_BYTES, fixed_bytes: int = 0):
         if quality is not None and kbps is not None:
             raise ValueError("give a quality or a bitrate, not both")
         self.quality = Q_DEFAULT if quality is None and kbps is None else quality
@@ -105,7 +104,6 @@ class PacketEncoder:
         self.samples_in = 0
         self.frames_out = 0
         self.clipped = 0
-        self.qualities: list[float] = []  # Q of each v2 packet (rate control's trace)
         if self.version == 2:
             ad = self.model.adaptive
             self._level = LevelTracker(ad.reference_level, self.packet_seconds)
@@ -128,7 +126,6 @@ class PacketEncoder:
             payload = ad.encode(ad.quantize(y, exponent, self.bands), self.bands)
         if self._control is not None:
             self._control.update(len(payload), frames / self.frames_per_packet)
-        self.qualities.append(quality)
         return payload
 
     def _run(self, span: np.ndarray, frames: list[int]) -> list[tuple[int, bytes]]:

@@ -44,7 +44,9 @@ Q_MIN, Q_MAX, Q_DEFAULT = 0.0, 10.0, 5.0
 Q_RATE_MIN, Q_RATE_MAX = -4.0, 16.0
 RELEASE_DB_PER_S = 2.0
 FLOOR_DB = -60.0
-KAPPA = 0.28  # log2 of the rate ratio per unit of Q on music (fitted, recipes/codec/fit_v2.py reports it)
+# log2 of the rate ratio per unit of Q on music, read off the shipped models' rate curves (NAME.json
+# v2.rate_curves: 0.22-0.25 for stereo-20x, 0.32-0.35 for stereo-5x around Q = 5); the controller corrects the rest.
+KAPPA = 0.28
 _DB_PER_OCTAVE = 20.0 * math.log10(2.0)
 _DEEP = 20.0  # octaves under the floor where the envelope stops falling (digital silence)
 
