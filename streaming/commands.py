@@ -68,10 +68,10 @@ def _ms(samples: int, rate: int) -> float:
 
 def _one_thread() -> None:
     """Live blocks are small: one thread computes them faster than two, and idle
-    OpenMP workers would spin between blocks, burning a core for nothing."""
-    import torch
+    BLAS workers would spin between blocks, burning a core for nothing."""
+    from walloc_audio.threads import set_threads
 
-    torch.set_num_threads(1)
+    set_threads(1)
 
 
 def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str], monitor: bool,

@@ -55,7 +55,7 @@ def make_model(J: int = 4, latent_dim: int | None = None, step: float = 1e-3, de
     else:
         coder = EntropyCoder(fit_probabilities(counts))
     sha = hashlib.sha256(f"test-{J}-{latent_dim}-{depth}-{seed}".encode()).hexdigest()
-    return LoadedModel("test-model", sha, codec, coder, {})
+    return LoadedModel.from_codec("test-model", sha, codec, coder, {})
 
 
 # -- tiny MUSDB18-HQ-style sets ---------------------------------------------------------

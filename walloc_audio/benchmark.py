@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from .audio import read_audio
 from .bitstream import PACKET_HEADER_BYTES
@@ -33,6 +32,7 @@ from .compress import decode_stream, encode_stream
 from .demo import DEMO_CLIP
 from .linear_fit import paper_psnr
 from .pretrained import DEFAULT_MODEL, load_model
+from .threads import set_threads
 
 
 def _music(seconds: float, rate: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def _music(seconds: float, rate: int) -> np.ndarray:
 
 
 def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats: int = 3) -> dict:
-    torch.set_num_threads(threads)
+    set_threads(threads)
     model = load_model(model_name)
     x = _music(seconds, model.config.sample_rate)
     block = 65536
@@ -142,7 +142,7 @@ def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64
         for name in names:
             model = load_model(name)
             cfg = model.config
-            row = {"model": name, "J": cfg.J, "latents": cfg.latent_dim, "parameters": model.codec.num_parameters(),
+            row = {"model": name, "J": cfg.J, "latents": cfg.latent_dim, "parameters": model.num_parameters(),
                    "latency_ms": round(cfg.latency_ms, 2), "latency_samples": cfg.latency_samples}
             for t in threads:
                 r = throughput(name, seconds, t, fpp)
@@ -154,7 +154,7 @@ def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64
                             "decode_peak_mb": round(m["decode_peak_mb"]),
                             "file_encode_x_rt": round(minutes * 60 / m["encode_s"], 1),
                             "file_decode_x_rt": round(minutes * 60 / m["decode_s"], 1)})
-            torch.set_num_threads(os.cpu_count() or 1)
+            set_threads(os.cpu_count() or 1)
             log(row)
             rows.append(row)
     return rows
@@ -205,15 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_model(args.model).config
     print(f"model {args.model}: J={cfg.J}, {cfg.latent_dim} latents, latency {cfg.latency_samples} samples "
-          f"({cfg.latency_ms:.1f} ms); {os.cpu_count()} CPU cores; torch {torch.__version__}")
+          f"({cfg.latency_ms:.1f} ms); {os.cpu_count()} CPU cores; numpy {np.__version__}")
     print(f"throughput on {args.seconds:.0f} s of stereo music in memory, best of 3 "
           f"(M samples/s counts both channels; target >= 40):")
     print(f"  {'threads':>7} | {'encode M samples/s':>18} {'x real time':>11} | {'decode M samples/s':>18} {'x real time':>11}")
     for threads in sorted({1, os.cpu_count() or 1}):
         r = throughput(args.model, args.seconds, threads, args.frames_per_packet)
         print(f"  {threads:>7} | {r['enc_msps']:18.1f} {r['enc_rt']:11.0f} | {r['dec_msps']:18.1f} {r['dec_rt']:11.0f}")
-    print("  reference: walloc 1.2.1 WPT + encoder alone (no entropy coding), measured on this machine "
-          "type by the issue's author: 32.5 M samples/s")
     if args.memory:
         print(f"memory: {args.minutes:.0f}-minute stereo 44.1 kHz file through `walloc-audio encode/decode` (target < 1 GB):")
         memory_check(args.model, args.minutes)

@@ -65,9 +65,9 @@ def _check_rate_options(quality: Optional[float], bitrate: Optional[float]) -> N
 
 
 def _set_threads(threads: int) -> None:
-    import torch
+    from .threads import set_threads
 
-    torch.set_num_threads(max(1, threads))
+    set_threads(threads)
 
 
 def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, group: int, downmix: bool,

@@ -30,17 +30,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
+from .adaptive import E_MAX, E_UNITS, bands_for
 from .bitstream import PACKET_HEADER_BYTES
 from .errors import BitstreamError
-from .decoder import NetStream
-from .framefir import FrameFIR, fir_frames
-from .adaptive import E_MAX, E_UNITS, bands_for
 from .pretrained import LoadedModel
 from .ratecontrol import Q_DEFAULT, Q_RATE_MAX, Q_RATE_MIN, BitrateControl, LevelTracker, exponent_for
-from .wavelets import frames_from_signal, signal_from_frames
-
+from .runtime import Synthesis, fir_frames
+from .wavelets import frames_from_signal
 
 
 class RateSpec:
@@ -91,8 +88,8 @@ class PacketEncoder:
         self.packet_seconds = frames_per_packet * c.frame / c.sample_rate
         self.packet_samples = frames_per_packet * c.frame
         self.group_samples = group_packets * self.packet_samples
-        with torch.no_grad():
-            self._taps = model.codec.analysis_taps().detach().contiguous()
+        self._runtime = model.runtime
+        self._taps = self._runtime.analysis_taps
         self.history_samples = (self._taps.shape[0] - 1) * c.frame
         self.reset()
 
@@ -132,13 +129,10 @@ class PacketEncoder:
         """Encode one group ``[C, G*P]``; emit packets declaring ``frames[i]`` frames each."""
         stream = np.concatenate([self._history, span], axis=1)  # [C, H + G*P]
         self._history = stream[:, stream.shape[1] - self.history_samples :].copy()
-        with torch.no_grad():
-            buf = frames_from_signal(torch.from_numpy(stream)[None], self.config.frame)  # [M-1+G*F, 1, C*N]
-            y = fir_frames(buf, self._taps)[:, 0, :].T  # [L, G*F]
-            if self.version == 1:
-                q = self.model.codec.bottleneck.symbols(y).numpy()
-            else:
-                y = y.numpy()
+        buf = frames_from_signal(stream[None], self.config.frame)  # [M-1+G*F, 1, C*N]
+        y = fir_frames(buf, self._taps)[:, 0, :].T  # [L, G*F]
+        if self.version == 1:
+            q = self._runtime.quantizer.symbols(y)
         f = self.frames_per_packet
         out = []
         for i, n in enumerate(frames):
@@ -213,28 +207,13 @@ class PacketDecoder:
         self.version, self.bands = version, bands
         if version == 2 and (model.adaptive is None or not 1 <= bands <= model.config.latent_dim):
             raise BitstreamError(f"model {model.name!r} cannot decode version-2 packets with {bands} bands")
-        codec = model.codec
-        self._linear = codec.decoder.net is None
-        self._net = None  # incremental causal net (NetStream), when the decoder has one
-        with torch.no_grad():
-            if self._linear:
-                self._fir = FrameFIR(codec.synthesis_taps().detach().contiguous())
-            else:
-                self._fir = FrameFIR(codec._syn)
-                self._context = codec.decoder.receptive_field - 1
-                self._net = NetStream(codec.decoder) if codec.config.lookahead_frames == 0 else None
+        self._synthesis = Synthesis(model.runtime)
         self.reset()
 
     def reset(self) -> None:
-        self._fir.reset()
-        if self._net is not None:
-            self._net.reset()
-        self._latents = torch.zeros(self.config.latent_dim, 0)
-        self._gains = torch.ones(0)
-        self._received = self._emitted = 0
-        self._last = torch.zeros(self.config.latent_dim)
+        self._synthesis.reset()
+        self._last = np.zeros(self.config.latent_dim, dtype=np.float32)
         self._gain = 1.0  # step ratio of the last v2 packet (silent packets keep it)
-        self._post_history = torch.zeros(1, self.config.channels, max(0, self.config.post_filter_taps - 1))
 
     def decode(self, frames: int, payload: bytes) -> np.ndarray:
         return self.decode_many([(frames, payload)])[0]
@@ -248,7 +227,7 @@ class PacketDecoder:
                 f"{model.name!r} has {(model.adaptive_sha256 or 'none')[:16]}... (install the matching model)")
         return cls(model, header.version, header.bands)
 
-    def latents(self, frames: int, payload: bytes) -> torch.Tensor:
+    def latents(self, frames: int, payload: bytes) -> np.ndarray:
         """Dequantized latents ``[L, frames]`` of one packet (range decoding and dequantization only)."""
         if self.version == 2:
             ad = self.model.adaptive
@@ -257,9 +236,8 @@ class PacketDecoder:
                 # The nonlinear decoder was trained at the model's own step: it sees the latents
                 # divided by this packet's step ratio, so its residual follows the level too.
                 self._gain = 2.0 ** (e / E_UNITS)
-            return torch.from_numpy(ad.dequantize(q, e, s, self.bands))
-        with torch.no_grad():
-            return self.model.codec.bottleneck.dequantize(torch.from_numpy(self._values(frames, payload)))
+            return ad.dequantize(q, e, s, self.bands)
+        return self.model.runtime.quantizer.dequantize(self._values(frames, payload))
 
     def decode_many(self, packets: Sequence[tuple[int, bytes]]) -> list[np.ndarray]:
         """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
@@ -267,8 +245,9 @@ class PacketDecoder:
         for f, p in packets:
             zs.append(self.latents(f, p))
             if self.version == 2:  # each frame's step ratio, for the nonlinear decoder
-                gains.append(torch.full((f,), self._gain, dtype=torch.float32))
-        return self.synthesize(torch.cat(zs, dim=1), [f for f, _ in packets], torch.cat(gains) if gains else None)
+                gains.append(np.full(f, self._gain, dtype=np.float32))
+        z = np.concatenate(zs, axis=1) if zs else np.zeros((self.config.latent_dim, 0), dtype=np.float32)
+        return self.synthesize(z, [f for f, _ in packets], np.concatenate(gains) if gains else None)
 
     def _values(self, frames: int, payload: bytes) -> np.ndarray:
         """Reconstruction points of one packet's symbols (bin centroids where the coder knows them)."""
@@ -276,25 +255,14 @@ class PacketDecoder:
         q = coder.decode(payload, frames)
         return coder.reconstruct(q) if hasattr(coder, "reconstruct") else q
 
-    def synthesize(self, z: torch.Tensor, sizes: Sequence[int], gain: torch.Tensor | None = None) -> list[np.ndarray]:
+    def synthesize(self, z: np.ndarray, sizes: Sequence[int], gain: np.ndarray | None = None) -> list[np.ndarray]:
         """Dequantized latents ``[L, sum(sizes)]`` -> PCM, split into ``len(sizes)`` pieces.
 
         ``gain`` ``[sum(sizes)]``: per-frame level for the nonlinear decoder (version 2)."""
         c = self.config
         if z.shape[1]:
-            self._last = z[:, -1].clone()
-        with torch.no_grad():
-            if self._linear:
-                pcm = signal_from_frames(self._fir.process(z.T.contiguous()[:, None, :]), c.channels)[0].numpy()
-            else:
-                pcm = self._synthesize_nonlinear(z, gain)
-            if self.model.codec.post_filter is not None and pcm.shape[1]:
-                x = torch.from_numpy(pcm)[None]
-                out = self.model.codec.apply_post_filter(x, self._post_history)
-                keep = self.config.post_filter_taps - 1
-                if keep:
-                    self._post_history = torch.cat([self._post_history, x], dim=-1)[..., -keep:]
-                pcm = out[0].numpy()
+            self._last = z[:, -1].copy()
+        pcm = self._synthesis.process(z, gain)
         # Split per packet (a nonlinear decoder with look-ahead lags by `la` frames).
         bounds = np.cumsum([f * c.frame for f in sizes])[:-1]
         lag = pcm.shape[1] - sum(sizes) * c.frame
@@ -308,38 +276,11 @@ class PacketDecoder:
         spans eight frames, so it cross-fades into and out of the concealment with
         no click. The next good packet resumes normally.
         """
-        gains = decay ** torch.arange(1, frames + 1, dtype=torch.float32)
+        gains = (decay ** np.arange(1, frames + 1)).astype(np.float32)
         z = self._last[:, None] * gains[None, :]
-        self._last = z[:, -1].clone() if frames else self._last
-        level = torch.full((frames,), self._gain, dtype=torch.float32) if self.version == 2 else None
+        self._last = z[:, -1].copy() if frames else self._last
+        level = np.full(frames, self._gain, dtype=np.float32) if self.version == 2 else None
         return self.synthesize(z, [frames], level)[0]
-
-    def _synthesize_nonlinear(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> np.ndarray:
-        # Run the net on (context + new frames) and emit the frames whose
-        # look-ahead has arrived. Absolute frame counters: the buffer starts at
-        # frame `base`; frames before `emitted` are out already.
-        c = self.config
-        if self._net is not None:  # causal net: each frame computed once, layer states carried
-            coef = self._net.process(z, gain)
-            self._received += z.shape[1]
-            self._emitted = self._received
-            frames = coef.reshape(c.channels, c.frame, -1).permute(2, 0, 1).contiguous()
-            return signal_from_frames(self._fir.process(frames), 1)[:, 0].numpy()
-        la = c.lookahead_frames
-        buf = torch.cat([self._latents, z], dim=1)
-        if gain is not None:  # with look-ahead the net runs on a window of frames: keep their gains with them
-            self._gains = torch.cat([self._gains, gain])[self._gains.shape[0] + gain.shape[0] - buf.shape[1]:]
-        base = self._received - self._latents.shape[1]
-        self._received += z.shape[1]
-        ready_end = max(self._emitted, self._received - la)
-        g = None if gain is None else self._gains[None, None, :]
-        coef = self.model.codec.decoder(buf[None], g)[0]  # [C*P, len(buf)]
-        ready = coef[:, self._emitted - base : ready_end - base]
-        self._emitted = ready_end
-        self._latents = buf[:, max(0, buf.shape[1] - (self._context + la)) :]
-        frames = ready.reshape(c.channels, c.frame, -1).permute(2, 0, 1).contiguous()
-        out = self._fir.process(frames)  # [K, C, N]
-        return signal_from_frames(out, 1)[:, 0].numpy()
 
 
 class OutputTrim:

@@ -83,7 +83,7 @@ class Decoder(nn.Module):
             self.receptive_field = 1
 
     def forward(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
-        """``gain`` ``[B, 1, K]`` (or broadcastable): see :meth:`NetStream.process`."""
+        """``gain`` ``[B, 1, K]`` (or broadcastable): see :class:`walloc_audio.runtime.NetStream` (the streaming twin)."""
         assert z.dim() == 3 and z.shape[1] == self.linear.shape[1], f"expected [B, L, K], got {tuple(z.shape)}"
         out = torch.einsum("dl,blk->bdk", self.linear, z)
         if self.net is not None:
@@ -94,63 +94,3 @@ class Decoder(nn.Module):
             residual = self.net(shifted)
             out = out + (residual if gain is None else residual * gain)
         return out
-
-
-class NetStream:
-    """Incremental evaluation of a causal decoder net (``lookahead_frames = 0``).
-
-    Every dilated convolution keeps the last ``(kernel - 1) * dilation`` frames of
-    its input; the 1x1 convolutions and Snakes are pointwise in time. Feeding
-    frames in any partition gives the offline net's output frame for frame (up to
-    float rounding), and each frame is computed once. The convolutions run as
-    matrix products with weights flattened once: a live stream decodes a couple
-    of frames per packet, where ``conv1d``'s per-call overhead dominated.
-    """
-
-    def __init__(self, decoder: Decoder):
-        assert decoder.net is not None and decoder.lookahead_frames == 0, "NetStream needs a causal nonlinear net"
-        self.decoder = decoder
-        net = decoder.net
-        with torch.no_grad():
-            flat = lambda conv: conv.weight.detach().reshape(conv.weight.shape[0], -1).contiguous()  # noqa: E731
-            bias = lambda conv: conv.bias.detach()[:, None].contiguous()  # noqa: E731
-            self._in = (flat(net[0]), bias(net[0]))
-            self._units = []
-            for unit in net[1:-2]:
-                snake1, conv, snake2, pointwise = unit.block
-                self._units.append((snake1, flat(conv), bias(conv), conv.kernel_size[0], conv.dilation[0],
-                                    unit.context, snake2, flat(pointwise), bias(pointwise)))
-            self._snake_out = net[-2]
-            self._out = (flat(net[-1]), bias(net[-1]))
-            self._linear = decoder.linear.detach().contiguous()
-        self.reset()
-
-    def reset(self) -> None:
-        self._state: list[torch.Tensor | None] = [None] * len(self._units)
-
-    @torch.no_grad()
-    def process(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
-        """Latent frames ``[L, n]`` -> decoder output ``[D, n]`` (linear path + net).
-
-        ``gain`` ``[n]``: each frame's level relative to the level the net was trained at;
-        the net then sees ``z / gain`` and its residual is scaled back by ``gain``
-        (``L z + gain * net(z / gain)``), so its contribution follows the signal level
-        (version-2 streams pass the packets' step, see :class:`~walloc_audio.codec_stream.PacketDecoder`).
-        """
-        n = z.shape[-1]
-        zn = z if gain is None else z / gain[None, :]
-        h = torch.addmm(self._in[1], self._in[0], zn)
-        for i, (snake1, w, b, k, d, ctx, snake2, pw, pb) in enumerate(self._units):
-            a = snake1(h[None])[0]
-            prev = self._state[i]
-            if prev is None:
-                prev = a.new_zeros(a.shape[0], ctx)
-            x = torch.cat([prev, a], dim=-1)
-            self._state[i] = x[:, x.shape[-1] - ctx :]
-            taps = torch.stack([x[:, j * d : j * d + n] for j in range(k)], dim=1)  # [C, k, n] ~ weight [O, C, k]
-            y = torch.addmm(b, w, taps.reshape(-1, n))
-            h = h + torch.addmm(pb, pw, snake2(y[None])[0])
-        out = torch.addmm(self._out[1], self._out[0], self._snake_out(h[None])[0])
-        if gain is not None:
-            out = out * gain[None, :]
-        return torch.addmm(out, self._linear, z)

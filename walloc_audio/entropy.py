@@ -17,7 +17,6 @@ import functools
 
 import constriction
 import numpy as np
-import torch
 
 from .errors import BitstreamError
 
@@ -30,13 +29,14 @@ def fit_probabilities(counts: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def count_symbols(symbols: torch.Tensor, max_symbol: int) -> np.ndarray:
-    """Histogram of symbols ``[..., L, K]`` per channel -> ``[L, 2A+1]`` int64."""
-    s = symbols.transpose(0, -2).reshape(symbols.shape[-2], -1) if symbols.dim() > 2 else symbols
-    s = (s.to(torch.int64) + max_symbol).clamp(0, 2 * max_symbol)
-    out = torch.zeros(s.shape[0], 2 * max_symbol + 1, dtype=torch.int64)
-    out.scatter_add_(1, s, torch.ones_like(s))
-    return out.numpy()
+def count_symbols(symbols, max_symbol: int) -> np.ndarray:
+    """Histogram of symbols ``[..., L, K]`` (numpy or a CPU tensor) per channel -> ``[L, 2A+1]`` int64."""
+    s = np.asarray(symbols)
+    s = np.moveaxis(s, -2, 0).reshape(s.shape[-2], -1) if s.ndim > 2 else s
+    s = np.clip(s.astype(np.int64) + max_symbol, 0, 2 * max_symbol)
+    size = 2 * max_symbol + 1
+    flat = (np.arange(s.shape[0], dtype=np.int64)[:, None] * size + s).ravel()
+    return np.bincount(flat, minlength=s.shape[0] * size).reshape(s.shape[0], size)
 
 
 def _payload_words(payload: bytes) -> np.ndarray:

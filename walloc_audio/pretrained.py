@@ -13,7 +13,6 @@ the package.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -22,14 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
+from safetensors.numpy import load as load_safetensors
 
 from .adaptive import AdaptiveCoder
+from .config import CodecConfig
 from .entropy import ContextCoder, EntropyCoder, rebin_probabilities
 from .errors import ModelError
-from .model import CodecConfig, WallocCodec
+from .runtime import RuntimeCodec, weight_shapes
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "stereo-5x"
@@ -40,11 +38,18 @@ CONTEXT_KEYS = ("entropy.scales", "entropy.offsets", "entropy.thresholds")
 
 @dataclass
 class LoadedModel:
-    """A codec ready to use: network, entropy coder and identity."""
+    """A codec ready to use: config, arrays, entropy coder and identity.
+
+    The codec runtime (:attr:`runtime`, numpy) is what encoding, decoding and
+    streaming run. :attr:`codec` is the same model as a torch module, for training
+    and learning on latents; it is built on first use, so a process that only
+    codes audio never imports torch.
+    """
 
     name: str
     sha256: str
-    codec: WallocCodec
+    config: CodecConfig
+    weights: dict  # the model file's arrays by torch state-dict name (entropy tables removed)
     coder: EntropyCoder | ContextCoder
     info: dict
     step_scale: float = 1.0
@@ -52,15 +57,44 @@ class LoadedModel:
     adaptive_sha256: str = ""
     base: "LoadedModel | None" = field(default=None, repr=False)  # the model at step scale 1
     # Variants made by with_step_scale, kept on the base model: every file of a batch or
-    # eval run at the same scale shares one codec copy and one re-binned coder.
+    # eval run at the same scale shares one runtime and one re-binned coder.
     _scaled: dict = field(default_factory=dict, repr=False, compare=False)
+    _runtime: RuntimeCodec | None = field(default=None, repr=False, compare=False)
+    _codec: object = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_codec(cls, name: str, sha256: str, codec, coder, info: dict, **kw) -> "LoadedModel":
+        """Wrap a torch :class:`~walloc_audio.model.WallocCodec` (training, tests): its arrays become the runtime's."""
+        weights = {k: v.detach().cpu().numpy().copy() for k, v in codec.state_dict().items()}
+        return cls(name, sha256, codec.config, weights, coder, info, _codec=codec, **kw)
+
+    def num_parameters(self) -> int:
+        return int(sum(v.size for v in self.weights.values()))
 
     @property
-    def config(self) -> CodecConfig:
-        return self.codec.config
+    def runtime(self) -> RuntimeCodec:
+        if self._runtime is None:
+            self._runtime = RuntimeCodec(self.config, self.weights, self.step_scale)
+        return self._runtime
+
+    @property
+    def codec(self):
+        """The torch model (imports torch on first use)."""
+        if self._codec is None:
+            import torch
+
+            from .model import WallocCodec
+
+            codec = WallocCodec(self.config)
+            codec.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.weights.items()}, strict=True)
+            if self.step_scale != 1.0:
+                with torch.no_grad():
+                    codec.bottleneck.log_step.add_(math.log(self.step_scale))
+            self._codec = codec.eval()
+        return self._codec
 
     def with_step_scale(self, step_scale: float) -> "LoadedModel":
-        """This model with its quantizer step multiplied by ``step_scale`` (the bitrate knob).
+        """This model with its quantizer step multiplied by ``step_scale`` (the version-1 bitrate knob).
 
         Larger steps mean fewer kbps and more noise. The entropy model follows
         (static tables are re-binned, context scales divided); encoder and
@@ -77,14 +111,11 @@ class LoadedModel:
             return base
         if s in base._scaled:
             return base._scaled[s]
-        codec = copy.deepcopy(base.codec)
-        with torch.no_grad():
-            codec.bottleneck.log_step.add_(math.log(s))
         if isinstance(base.coder, ContextCoder):
             coder = base.coder.scaled(s)
         else:
             coder = EntropyCoder(rebin_probabilities(base.coder.probabilities, s))
-        base._scaled[s] = replace(base, codec=codec, coder=coder, step_scale=s, base=base, _scaled={})
+        base._scaled[s] = replace(base, coder=coder, step_scale=s, base=base, _scaled={}, _runtime=None, _codec=None)
         return base._scaled[s]
 
 
@@ -143,23 +174,25 @@ def load_model(name: str = DEFAULT_MODEL, expected_sha256: str | None = None,
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha:
         raise ModelError(f"model {name!r}: weights sha256 {actual[:16]}... does not match the registry {sha[:16]}...")
-    tensors = load_safetensors(data)
+    try:
+        tensors = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error type on a malformed file
+        raise ModelError(f"model {name!r}: weights file is not valid safetensors ({exc})") from None
     try:
         if config.entropy == "context":
-            scales, offsets, thresholds = (tensors.pop(k).numpy() for k in CONTEXT_KEYS)
+            scales, offsets, thresholds = (tensors.pop(k) for k in CONTEXT_KEYS)
             coder = ContextCoder(scales, offsets, thresholds, 2 ** (config.latent_bits - 1) - 1)
         else:
-            coder = EntropyCoder(tensors.pop("entropy.probabilities").numpy())
+            coder = EntropyCoder(tensors.pop("entropy.probabilities"))
     except (KeyError, ValueError) as exc:
         raise ModelError(f"model {name!r}: weights carry no usable entropy model ({exc})") from None
-    codec = WallocCodec(config)
-    try:
-        codec.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"model {name!r}: weights do not match its config ({str(exc).splitlines()[0]})") from None
-    codec.eval()
+    expected = weight_shapes(config)
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if got != expected:
+        wrong = sorted(set(got) ^ set(expected)) or sorted(k for k in got if got[k] != expected[k])
+        raise ModelError(f"model {name!r}: weights do not match its config (e.g. {wrong[0]})")
     adaptive, adaptive_sha = _load_adaptive(name, meta_path, info, config)
-    return LoadedModel(name, sha, codec, coder, info, adaptive=adaptive, adaptive_sha256=adaptive_sha)
+    return LoadedModel(name, sha, config, tensors, coder, info, adaptive=adaptive, adaptive_sha256=adaptive_sha)
 
 
 V2_KEYS = ("scales", "offsets", "side", "delta", "knee", "max_symbol", "reference_level")
@@ -214,7 +247,7 @@ def save_adaptive(folder: Path, name: str, coder: AdaptiveCoder, extra: dict | N
     return info
 
 
-def save_model(folder: Path, name: str, codec: WallocCodec, probabilities: np.ndarray | None = None,
+def save_model(folder: Path, name: str, codec, probabilities: np.ndarray | None = None,
                description: str = "", extra: dict | None = None,
                context: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """Write ``NAME.safetensors`` + ``NAME.json`` into ``folder``; returns the metadata.
@@ -223,6 +256,9 @@ def save_model(folder: Path, name: str, codec: WallocCodec, probabilities: np.nd
     for ``config.entropy == "static"``, ``context = (scales, offsets,
     thresholds)`` for ``"context"``.
     """
+    import torch  # training tooling: the model to save is a torch module
+    from safetensors.torch import save as save_safetensors
+
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in codec.state_dict().items()}
     if codec.config.entropy == "context":

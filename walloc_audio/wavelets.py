@@ -10,11 +10,13 @@ natural (Paley) index of frequency band ``f`` is its Gray code ``f ^ (f >> 1)``.
 
 How it is built. The tree of two-channel filter banks is linear and invariant to
 shifts by ``N`` samples, so it is exactly an FIR filter over frames of ``N``
-samples with ``[N, P]`` matrix taps (its polyphase form). We read those taps off
-PyWavelets itself (``pywt.dwt`` per level, mode ``'periodization'``) by
-transforming impulses on a long periodic signal, then unwrap the circular
-support. The result is the same transform as PyWavelets on a periodic signal,
-computed causally on an unbounded stream:
+samples with ``[N, P]`` matrix taps (its polyphase form). Each node of the tree
+is one equivalent filter, the cascade ``h_1(z) h_2(z^2) ... h_J(z^(2^(J-1)))`` of
+the two-channel filters on its path, followed by decimation by ``N``; the taps are
+read off those filters. The result is the transform PyWavelets computes
+(``pywt.dwt`` per level, wavelet ``bior4.4``, mode ``'periodization'``) on a
+periodic signal -- the tests check it against PyWavelets -- computed causally on
+an unbounded stream:
 
     analysis:   c[k]  = sum_j  xf[k - j] @ A[j]       (coefficient frame k - D_a)
     synthesis:  yf[k] = sum_j  cf[k - j] @ S[j]       (signal frame k - D_a - D_s)
@@ -32,36 +34,40 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import pywt
-import torch
-
-from .framefir import FrameFIR
 
 WAVELET = "bior4.4"  # CDF 9/7, the JPEG 2000 lossy wavelet
 _ZERO = 1e-12
 
+# The CDF 9/7 filters in PyWavelets' bior4.4 layout (10 taps, decomposition low/high,
+# reconstruction low/high). In PyWavelets' 'periodization' mode one level computes
+# a[k] = sum_j dec[j] x[(2k + 5 - j) mod L] and x[n] = sum_k a[k] rec[n - 2k + 4] + ...
+DEC_LO = (0.0, 0.03782845550726404, -0.023849465019556843, -0.11062440441843718, 0.37740285561283066,
+          0.8526986790088938, 0.37740285561283066, -0.11062440441843718, -0.023849465019556843, 0.03782845550726404)
+DEC_HI = (0.0, -0.06453888262869706, 0.04068941760916406, 0.41809227322161724, -0.7884856164055829,
+          0.41809227322161724, 0.04068941760916406, -0.06453888262869706, 0.0, 0.0)
+REC_LO = (0.0, -0.06453888262869706, -0.04068941760916406, 0.41809227322161724, 0.7884856164055829,
+          0.41809227322161724, -0.04068941760916406, -0.06453888262869706, 0.0, 0.0)
+REC_HI = (0.0, -0.03782845550726404, -0.023849465019556843, 0.11062440441843718, 0.37740285561283066,
+          -0.8526986790088938, 0.37740285561283066, 0.11062440441843718, -0.023849465019556843, -0.03782845550726404)
+DEC_SHIFT, REC_SHIFT = 5, 4
 
-def _dwt_tree(x: np.ndarray, levels: int) -> np.ndarray:
-    """Full packet tree along the last axis, natural order: ``[..., L] -> [..., P, L/P]``."""
-    nodes = [x]
-    for _ in range(levels):
-        nxt = []
-        for node in nodes:
-            a, d = pywt.dwt(node, WAVELET, mode="periodization", axis=-1)
-            nxt += [a, d]
-        nodes = nxt
-    return np.stack(nodes, axis=-2)
 
+def _equivalent_filters(filters: tuple[tuple[float, ...], ...], levels: int) -> np.ndarray:
+    """The filter of every node of the full tree, natural (Paley) order: ``[P, 9 * (N - 1) + 1]``.
 
-def _idwt_tree(c: np.ndarray, levels: int) -> np.ndarray:
-    """Inverse of :func:`_dwt_tree`: ``[..., P, L/P] -> [..., L]``."""
-    nodes = [c[..., i, :] for i in range(c.shape[-2])]
-    for _ in range(levels):
-        nodes = [
-            pywt.idwt(nodes[i], nodes[i + 1], WAVELET, mode="periodization", axis=-1)
-            for i in range(0, len(nodes), 2)
-        ]
-    return nodes[0]
+    Node filters of level ``l + 1`` are those of level ``l`` convolved with each
+    two-channel filter upsampled by ``2**l`` (shifted adds, no convolution calls).
+    """
+    nodes = np.ones((1, 1))
+    for level in range(levels):
+        k, taps = 2**level, len(filters[0])
+        out = np.zeros((nodes.shape[0], len(filters), nodes.shape[1] + (taps - 1) * k))
+        for b, h in enumerate(filters):
+            for j, hj in enumerate(h):
+                if hj:
+                    out[:, b, j * k : j * k + nodes.shape[1]] += hj * nodes
+        nodes = out.reshape(-1, out.shape[2])
+    return nodes
 
 
 def freq_to_natural(levels: int) -> np.ndarray:
@@ -70,13 +76,15 @@ def freq_to_natural(levels: int) -> np.ndarray:
     return f ^ (f >> 1)
 
 
-def _unwrap(x: np.ndarray, axis_frames: int, q: int) -> tuple[np.ndarray, int]:
-    """Roll a circular frame axis so its support is contiguous; return (taps, first lag)."""
-    x = np.moveaxis(x, axis_frames, 0)
-    x = np.roll(x, q // 2, axis=0)  # lag d now sits at index d + q//2
-    nz = np.nonzero(np.abs(x).reshape(q, -1).max(axis=1) > _ZERO)[0]
-    lo, hi = nz[0], nz[-1]
-    return x[lo : hi + 1], lo - q // 2
+def _polyphase(g: np.ndarray, frame: int, index) -> tuple[np.ndarray, int]:
+    """Taps ``[M, ...]`` of ``g[:, index(lag, phase)]`` over the lags where they are not all zero, and the first lag."""
+    span = g.shape[1] // frame + 2
+    lags = np.arange(-span - 1, span + 2)
+    m = index(lags[:, None], np.arange(frame)[None, :])  # [lags, N]
+    inside = (m >= 0) & (m < g.shape[1])
+    taps = np.where(inside[None], g[:, np.clip(m, 0, g.shape[1] - 1)], 0.0)  # [P, lags, N]
+    nz = np.nonzero(np.abs(taps).max(axis=(0, 2)) > _ZERO)[0]
+    return taps[:, nz[0] : nz[-1] + 1], int(lags[nz[0]])
 
 
 @dataclass(frozen=True)
@@ -110,60 +118,45 @@ class PacketFilters:
 
 @functools.lru_cache(maxsize=None)
 def packet_filters(levels: int) -> PacketFilters:
-    """Derive the polyphase taps from PyWavelets (cached; ~0.1 s for J=8)."""
+    """The polyphase taps of the ``J``-level tree (cached; a few ms for J = 8)."""
     assert 1 <= levels <= 12, f"J must be in 1..12, got {levels}"
     n = 2**levels
-    # The support of a level-J packet filter is < 9 * N samples; 4 frames of
-    # margin on each side keep the circular wrap from touching it.
-    q = 2 * (8 + 4)
-    length = n * q
     order = freq_to_natural(levels)
-
-    # Analysis: impulse at phase s of frame 0 -> coefficients[p, t]. By shift
-    # invariance, c[p, t] = sum_{s,d} x[(t - d) * N + s] * imp[s, p, d].
-    # Impulses go through in chunks so the peak memory stays small (a few MB).
-    chunk = 16
-    coef = np.empty((n, n, q))  # [N(s), P, Q(d)]
-    for s0 in range(0, n, chunk):
-        s1 = min(n, s0 + chunk)
-        imp = np.zeros((s1 - s0, length))
-        imp[np.arange(s1 - s0), np.arange(s0, s1)] = 1.0
-        coef[s0:s1] = _dwt_tree(imp, levels)[:, order, :]
-    a_taps, a_lag = _unwrap(coef, 2, q)  # [M_a, N, P]; tap i is lag a_lag + i
-
-    # Synthesis: unit coefficient (p, frame 0) -> signal r_p; frame u of the
-    # output = sum_{p,e} c[p, u - e] * r_p[e * N + s].
-    sig = np.empty((n, length))  # [P (frequency order), L]
-    for p0 in range(0, n, chunk):
-        p1 = min(n, p0 + chunk)
-        unit = np.zeros((p1 - p0, n, q))
-        unit[np.arange(p1 - p0), order[p0:p1], 0] = 1.0
-        sig[p0:p1] = _idwt_tree(unit, levels)
-    s_taps, s_lag = _unwrap(sig.reshape(n, q, n), 1, q)  # [M_s, P, N]
-
-    # Make both causal: analysis stream index k holds coefficient frame
-    # k + a_lag (a_lag <= 0), synthesis stream frame holds signal frame shifted
-    # by the synthesis lag as well.
+    # Analysis: coefficient c_p[t] = sum_n x[n] g_p[N t + C - n] with C = 5 (N - 1); input
+    # sample n = N u + s of frame u feeds coefficient frame t = u + lag with weight g_p[N lag + C - s].
+    g = _equivalent_filters((DEC_LO, DEC_HI), levels)[order]
+    a, a_lag = _polyphase(g, n, lambda lag, s: n * lag + DEC_SHIFT * (n - 1) - s)  # [P, M_a, N]
+    # Synthesis: coefficient (p, frame 0) adds r_p[n] = h_p[n + 4 (N - 1)] to the signal; sample
+    # s of frame lag gets h_p[N lag + s + D].
+    h = _equivalent_filters((REC_LO, REC_HI), levels)[order]
+    syn, s_lag = _polyphase(h, n, lambda lag, s: n * lag + s + REC_SHIFT * (n - 1))  # [P, M_s, N]
+    # Both made causal: analysis stream index k holds coefficient frame k + a_lag (a_lag <= 0), and the
+    # synthesis output is shifted by its lag as well.
     return PacketFilters(
         levels=levels,
-        analysis=a_taps,
-        synthesis=s_taps,
+        analysis=np.ascontiguousarray(a.transpose(1, 2, 0)),  # [M_a, N, P]
+        synthesis=np.ascontiguousarray(syn.transpose(1, 0, 2)),  # [M_s, P, N]
         analysis_delay=int(-a_lag),
         synthesis_delay=int(-s_lag),
     )
 
 
-def frames_from_signal(x: torch.Tensor, frame: int) -> torch.Tensor:
-    """``[B, C, T] -> [T/N, B, C*N]``: frame-major layout (``T`` a multiple of ``N``)."""
+def _permute(x, dims: tuple[int, ...]):
+    """``x`` with its axes reordered: torch tensors and numpy arrays alike."""
+    return x.permute(*dims) if hasattr(x, "permute") else x.transpose(dims)
+
+
+def frames_from_signal(x, frame: int):
+    """``[B, C, T] -> [T/N, B, C*N]``: frame-major layout (``T`` a multiple of ``N``; torch or numpy)."""
     b, c, t = x.shape
     assert t % frame == 0, f"length {t} is not a whole number of {frame}-sample frames"
-    return x.reshape(b, c, t // frame, frame).permute(2, 0, 1, 3).reshape(t // frame, b, c * frame)
+    return _permute(x.reshape(b, c, t // frame, frame), (2, 0, 1, 3)).reshape(t // frame, b, c * frame)
 
 
-def signal_from_frames(f: torch.Tensor, channels: int) -> torch.Tensor:
-    """``[K, B, C*N] -> [B, C, K*N]``, the inverse of :func:`frames_from_signal`."""
+def signal_from_frames(f, channels: int):
+    """``[K, B, C*N] -> [B, C, K*N]``, the inverse of :func:`frames_from_signal` (torch or numpy)."""
     k, b, _ = f.shape
-    return f.reshape(k, b, channels, -1).permute(1, 2, 0, 3).reshape(b, channels, -1)
+    return _permute(f.reshape(k, b, channels, -1), (1, 2, 0, 3)).reshape(b, channels, -1)
 
 
 class PacketTransform:
@@ -178,7 +171,12 @@ class PacketTransform:
         ``analysis``: ``[B, C, K*N] -> [B, C*P, K]``; ``synthesis``: the inverse.
     """
 
-    def __init__(self, levels: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, levels: int, dtype=None):
+        import torch  # training and analysis tooling only; the codec runtime filters in numpy
+
+        from .framefir import FrameFIR
+
+        dtype = dtype or torch.float32
         self.filters = packet_filters(levels)
         self.levels = levels
         self.frame = 2**levels
@@ -197,14 +195,14 @@ class PacketTransform:
         self._ana.reset()
         self._syn.reset()
 
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+    def analysis(self, x):
         assert x.dim() == 3, f"expected [B, C, T], got {tuple(x.shape)}"
         b, c, t = x.shape
         frames = frames_from_signal(x.reshape(b * c, 1, t), self.frame)  # [K, B*C, N]
         coef = self._ana.process(frames)  # [K, B*C, P]
         return coef.permute(1, 2, 0).reshape(b, c * self.frame, -1)
 
-    def synthesis(self, coef: torch.Tensor) -> torch.Tensor:
+    def synthesis(self, coef):
         assert coef.dim() == 3 and coef.shape[1] % self.frame == 0, (
             f"expected [B, C*{self.frame}, K], got {tuple(coef.shape)}"
         )

@@ -97,3 +97,12 @@ def test_latency_figures():
     assert packet_filters(8).latency_samples == 1791  # 40.6 ms
     assert packet_filters(6).latency_samples == 447  # 10.1 ms
     assert packet_filters(8).latency_samples >= 7 * (2**8 - 1)  # never below the theoretical floor
+
+
+def test_the_built_in_filters_are_pywavelets_bior44():
+    from walloc_audio import wavelets
+
+    w = pywt.Wavelet("bior4.4")
+    for ours, theirs in [(wavelets.DEC_LO, w.dec_lo), (wavelets.DEC_HI, w.dec_hi),
+                         (wavelets.REC_LO, w.rec_lo), (wavelets.REC_HI, w.rec_hi)]:
+        np.testing.assert_array_equal(np.array(ours), np.array(theirs))
