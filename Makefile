@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# The virtualenv is big (torch), so it lives outside the clone, keyed by the
-# hash of the lock file: reruns and CI reuse it, a new lock builds a new one.
+# Two virtualenvs live outside the clone, each keyed by the hash of its lock file
+# (reruns and CI reuse them, a new lock builds a new one): the lean runtime
+# (requirements/lean.txt, no torch, what `make demo` needs) and the full one
+# (requirements/lock.txt: training, evaluation, separation, tests).
 SHELL := /bin/bash
 PYTHON ?= python3
 LOCK := requirements/lock.txt
@@ -9,14 +11,19 @@ VENV := $(VENV_ROOT)/venv-$(shell cat $(LOCK) requirements/pip.txt | sha256sum |
 BIN := $(VENV)/bin
 APT_PACKAGES := ffmpeg libportaudio2 pulseaudio pulseaudio-utils fluidsynth fluid-soundfont-gm
 STAMP := $(VENV)/.complete
+LEAN_LOCK := requirements/lean.txt
+LEAN_VENV := $(VENV_ROOT)/lean-$(shell cat $(LEAN_LOCK) requirements/pip.txt | sha256sum | cut -c1-16)
+LEAN_BIN := $(LEAN_VENV)/bin
+LEAN_STAMP := $(LEAN_VENV)/.complete
 
-.PHONY: demo test setup system-deps venv install bench clean-venv
+.PHONY: demo test setup system-deps venv install install-lean bench clean-venv
 
-demo: install
-	$(BIN)/python -m walloc_audio.demo
+demo: install-lean
+	$(LEAN_BIN)/python -m walloc_audio.demo
 
-test: install
-	bash tests/run_tests.sh $(BIN)
+# The suite runs in the full venv; the lean venv runs the codec commands for real (test_runtime.py).
+test: install install-lean
+	WALLOC_LEAN_BIN=$(LEAN_BIN) bash tests/run_tests.sh $(BIN)
 
 bench: install
 	$(BIN)/walloc-audio bench
@@ -48,5 +55,16 @@ venv: $(STAMP)
 install: system-deps venv
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
+$(LEAN_STAMP):
+	rm -rf $(LEAN_VENV) && mkdir -p $(VENV_ROOT)
+	$(PYTHON) -m venv $(LEAN_VENV)
+	$(LEAN_BIN)/pip install -q -r requirements/pip.txt
+	$(LEAN_BIN)/pip install -q -r $(LEAN_LOCK)
+	touch $(LEAN_STAMP)
+
+# (build isolation: the lean venv holds no setuptools of its own)
+install-lean: system-deps $(LEAN_STAMP)
+	$(LEAN_BIN)/pip install -q --no-deps -e .
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LEAN_VENV)

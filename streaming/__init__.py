@@ -1,1 +1,3 @@
-"""Live streaming (block processor, transport, devices): not built yet -- see the open issue."""
+"""Live streaming: block processors whose streamed output equals offline coding, UDP/TCP/file
+transport with a jitter buffer and loss concealment, sound-device I/O, and the `stream` and
+`listen` commands (:mod:`streaming.commands`)."""

@@ -13,29 +13,27 @@ Public API::
 latents); it is the only part that imports torch.
 """
 
-from .config import CodecConfig
 from .errors import AudioError, BitstreamError, ModelError, OutputError, WallocError
-from .pretrained import DEFAULT_MODEL, LoadedModel, list_models, load_model
-from .wavelets import packet_filters
 
 __version__ = "0.1.0"
 
+# Everything else loads on first use, so `import walloc_audio` (and the CLI's start-up) stays
+# light: numpy comes with the first name that needs it, torch only with WallocCodec.
+_LAZY = {
+    "CodecConfig": "config", "DEFAULT_MODEL": "pretrained", "LoadedModel": "pretrained",
+    "list_models": "pretrained", "load_model": "pretrained", "packet_filters": "wavelets",
+    "PacketTransform": "wavelets", "WallocCodec": "model", "compress_file": "compress",
+    "decompress_file": "compress",
+}
+
 
 def __getattr__(name: str):
-    """The torch-based names load on first use, so ``import walloc_audio`` stays light."""
-    if name == "WallocCodec":
-        from .model import WallocCodec
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'walloc_audio' has no attribute {name!r}")
+    import importlib
 
-        return WallocCodec
-    if name == "PacketTransform":
-        from .wavelets import PacketTransform
-
-        return PacketTransform
-    if name in ("compress_file", "decompress_file"):
-        from . import compress
-
-        return getattr(compress, name)
-    raise AttributeError(f"module 'walloc_audio' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 __all__ = [

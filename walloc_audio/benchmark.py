@@ -30,7 +30,7 @@ from .bitstream import PACKET_HEADER_BYTES
 from .codec_stream import PacketDecoder, PacketEncoder
 from .compress import decode_stream, encode_stream
 from .demo import DEMO_CLIP
-from .linear_fit import paper_psnr
+from .metrics import paper_psnr
 from .pretrained import DEFAULT_MODEL, load_model
 from .threads import set_threads
 

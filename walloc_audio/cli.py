@@ -18,10 +18,28 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import WallocError
+from .errors import UsageError, WallocError
 
+EXIT_CODES = ("Exit codes: 0 done; 1 other error; 2 usage error; 3 bad or corrupt .wlc; 4 unreadable audio; "
+              "5 model missing or damaged; 6 output cannot be written; 130 interrupted (no partial output).")
+TORCH_MODULES = ("torch", "torchaudio", "pytorch_lightning", "lightning", "torchmetrics", "asteroid", "musdb",
+                 "museval", "openunmix")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="WaLLoC audio codec: encode, decode and inspect .wlc files.")
+                  help="WaLLoC audio codec: encode, decode and inspect .wlc files.", epilog=EXIT_CODES)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"walloc-audio {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """WaLLoC audio codec: encode, decode and inspect .wlc files."""
 err = Console(stderr=True)
 out = Console()
 
@@ -34,9 +52,9 @@ def _plan(paths: List[str], out_dir: Optional[Path], suffixes: Iterable[str], ne
         if len(paths) == 1 and not os.path.isdir(paths[0]):
             src = paths[0]
             if src == "-":
-                raise WallocError("reading stdin needs an explicit output (or - for stdout)")
+                raise UsageError("reading stdin needs an explicit output (or - for stdout)")
             return [(src, str(Path(src).with_suffix(new_suffix)))]
-        raise WallocError("several inputs or a folder need --out-dir")
+        raise UsageError("several inputs or a folder need --out-dir")
     from .audio import find_audio
 
     inputs = find_audio(paths, suffixes)
@@ -170,6 +188,9 @@ def encode(
     from .audio import AUDIO_SUFFIXES
 
     pairs = _plan(paths, out_dir, AUDIO_SUFFIXES, ".wlc")
+    for _, dst in pairs:
+        if dst != "-" and not dst.lower().endswith(".wlc"):
+            raise UsageError(f"the output {dst} does not end in .wlc (two audio files? several inputs need --out-dir)")
     args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, quality, bitrate)
     for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):
         if not quiet and dst != "-":
@@ -189,30 +210,67 @@ def decode(
     threads: int = typer.Option(os.cpu_count() or 1, "--threads", "-t", help="threads for one file"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Decode .wlc (or - for stdin) with the model named in its header."""
+    """Decode .wlc (or - for stdin) with the model named in its header.
+
+    With no DST the output is SRC with the --format suffix; that default name never
+    replaces an existing file, even with -f (it may be the original the .wlc was made
+    from): name the output to replace it."""
     pairs = _plan(paths, out_dir, {".wlc"}, "." + fmt.lstrip("."))
+    for src, dst in pairs:
+        if dst != "-" and dst.lower().endswith(".wlc"):
+            raise UsageError(f"the output {dst} ends in .wlc: decode writes audio (.wav, .flac, ...)")
+    if len(paths) == 1 and out_dir is None and os.path.lexists(pairs[0][1]):
+        raise UsageError(f"{pairs[0][1]} exists and may be the original; the default output never replaces a "
+                         f"file: give the output name (and -f to replace it)")
     for src, dst, st in _run_many(pairs, _decode_one, (force, subtype), jobs, threads, "decoding", quiet):
         if not quiet and dst != "-":
             err.print(f"{src} -> {dst}: {st.samples / st.sample_rate:.2f} s, {st.channels} ch, "
                       f"{st.samples / st.sample_rate / max(st.seconds, 1e-9):.0f}x real time", highlight=False)
 
 
+class _Counting:
+    """A read-only stream that counts the bytes read through it (the size of a .wlc on stdin)."""
+
+    def __init__(self, f):
+        self.f, self.bytes = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.bytes += len(data)
+        return data
+
+
 @app.command()
-def info(path: str = typer.Argument(..., help="a .wlc file")):
+def info(path: str = typer.Argument(..., help="a .wlc file, or - for stdin"),
+         as_json: bool = typer.Option(False, "--json", help="print the header and figures as one JSON object")):
     """Show a .wlc file's header, duration, bitrate and model."""
+    import dataclasses
+    import json
+
     from .bitstream import BitstreamReader
     from .errors import BitstreamError
 
     try:
-        f = open(path, "rb")
+        f = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as exc:
         raise BitstreamError(f"cannot open {path}: {exc.strerror}") from None
-    with f:
-        r = BitstreamReader(f)
+    counted = _Counting(f)
+    try:
+        r = BitstreamReader(counted)
         packets = sum(1 for _ in r)
+    finally:
+        if path != "-":
+            f.close()
     h = r.header
-    size = os.path.getsize(path)
+    size = counted.bytes
     dur = r.num_samples / h.sample_rate
+    if as_json:
+        record = {"file": path, "header": dataclasses.asdict(h), "samples": r.num_samples, "seconds": dur,
+                  "packets": packets, "frames": r.total_frames, "bytes": size,
+                  "kbps": 8 * size / max(dur, 1e-9) / 1000,
+                  "bits_per_latent": 8 * size / max(r.total_frames * h.latent_dim, 1)}
+        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        return
     t = Table(show_header=False, box=None)
     for k, v in [("file", path), ("model", f"{h.model} (sha256 {h.model_sha256[:16]}...)"),
                  ("duration", f"{dur:.3f} s ({r.num_samples} samples at {h.sample_rate} Hz)"),
@@ -439,6 +497,29 @@ def listen(
                   f"{st['samples']} samples" + ("" if st["ended"] else " (no end packet)"), highlight=False)
 
 
+def _click_errors() -> tuple[type, type, type | None, type]:
+    """(ClickException, UsageError, NoArgsIsHelpError, Abort) of the click typer runs on (it may vendor its own)."""
+    import importlib
+
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            m = importlib.import_module(name)
+        except ImportError:
+            continue
+        abort = getattr(m, "Abort", None) or getattr(typer, "Abort", None) or KeyboardInterrupt
+        return m.ClickException, m.UsageError, getattr(m, "NoArgsIsHelpError", None), abort
+    raise ImportError("neither typer's click nor click is importable")
+
+
+def _usage_error(exc) -> int:
+    """One line, a hint where to look, exit 2 (what opusenc and ffmpeg do)."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "walloc-audio"
+    err.print(f"walloc-audio: error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"usage: see `{where} --help`", highlight=False, markup=False)
+    return 2
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """Run the CLI and return its exit code (user errors become one line on stderr)."""
     try:
@@ -448,17 +529,30 @@ def run(argv: Optional[List[str]] = None) -> int:
         return code if isinstance(code, int) else 0
     except WallocError as exc:
         err.print(f"walloc-audio: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        if isinstance(exc, UsageError):
+            err.print("usage: see `walloc-audio --help`", highlight=False, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("walloc-audio: interrupted (no partial output was left)", markup=False)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TORCH_MODULES:
+            raise
+        extra = "separation" if exc.name.split(".")[0] in ("asteroid", "musdb", "museval", "openunmix") else "train"
+        err.print(f"walloc-audio: error: this command needs {exc.name}, which the lean install leaves out: "
+                  f"pip install 'walloc-audio[{extra}]'", highlight=False, markup=False, soft_wrap=True)
+        return 1
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        click_exception, usage_error, no_args, abort = _click_errors()
+        if no_args is not None and isinstance(exc, no_args):  # bare command: its help, as a usage error
             exc.show()
+            return 2
+        if isinstance(exc, usage_error):
+            return _usage_error(exc)
+        if isinstance(exc, click_exception):
+            err.print(f"walloc-audio: error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             return 130
         raise
 
@@ -467,8 +561,8 @@ def main() -> None:
     """Console entry point.
 
     Exits with ``os._exit`` once everything is flushed: every output is already
-    closed and renamed by then, and skipping the interpreter's teardown of torch
-    saves ~0.2 s and ~180 MB of peak memory (it touches pages it never used).
+    closed and renamed by then, and skipping the interpreter's teardown (of torch
+    above all, where a command loaded it) saves time and peak memory.
     """
     code = run()
     for stream in (sys.stdout, sys.stderr):

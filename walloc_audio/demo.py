@@ -23,7 +23,7 @@ from rich.table import Table
 from .audio import read_audio
 from .compress import compress_file, decompress_file
 from .errors import WallocError
-from .linear_fit import paper_psnr
+from .metrics import paper_psnr
 from .pretrained import DEFAULT_MODEL, load_model
 
 DEMO_CLIP = Path(__file__).parent / "data" / "demo.flac"

@@ -11,6 +11,12 @@ class WallocError(Exception):
     exit_code = 1
 
 
+class UsageError(WallocError):
+    """The command line asks for something contradictory or ill-formed (exit 2, like a parse error)."""
+
+    exit_code = 2
+
+
 class BitstreamError(WallocError):
     """A ``.wlc`` stream is malformed, truncated, corrupt or exceeds a size limit."""
 

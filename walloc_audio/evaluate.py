@@ -53,7 +53,7 @@ from .audio import AudioReader, find_audio
 from .compress import compress_file, decompress_file
 from .errors import WallocError
 from .fsutil import atomic_output
-from .linear_fit import paper_psnr
+from .metrics import _energy, _ratio_db, paper_psnr, snr_db  # noqa: F401  (snr_db: re-exported)
 from .pretrained import DEFAULT_MODEL, LoadedModel, list_models, load_model
 
 OPUS_KBPS = (12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
@@ -68,24 +68,6 @@ Log = Callable[[str], None]
 
 
 # ------------------------------------------------------------------ metrics
-
-
-def _energy(a: np.ndarray) -> float:
-    return float(np.sum(np.square(a, dtype=np.float64)))
-
-
-def _ratio_db(signal: float, noise: float) -> float:
-    if noise <= 0:
-        return math.inf
-    if signal <= 0:
-        return -math.inf
-    return 10 * math.log10(signal / noise)
-
-
-def snr_db(x: np.ndarray, y: np.ndarray) -> float:
-    """SNR of ``y`` against reference ``x``: ``10 log10(sum x^2 / sum (y - x)^2)``."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return _ratio_db(_energy(x), _energy(y - x))
 
 
 def si_sdr_db(x: np.ndarray, y: np.ndarray) -> float:

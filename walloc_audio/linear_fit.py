@@ -22,6 +22,7 @@ import torch
 from .audio import AudioReader
 from .entropy import EntropyCoder, count_symbols
 from .errors import AudioError
+from .metrics import paper_psnr  # noqa: F401  (re-exported)
 from .model import CodecConfig, WallocCodec
 from .wavelets import PacketTransform
 
@@ -138,14 +139,6 @@ def evaluate(codec: WallocCodec, coder: EntropyCoder, clips: Iterable[tuple[str,
         "psnr_paper_db": float(np.mean(psnr)),
         "seconds": seconds,
     }
-
-
-def paper_psnr(x: np.ndarray, y: np.ndarray) -> float:
-    """WaLLoC paper's PSNR: remove the mean, scale the clip's peak to 0.5, -10 log10 MSE."""
-    mean = x.mean()
-    scale = 0.5 / max(np.abs(x - mean).max(), 1e-12)
-    mse = np.mean(((y - mean) * scale - (x - mean) * scale) ** 2)
-    return float(-10 * math.log10(max(mse, 1e-20)))
 
 
 def read_list(path: Path) -> list[str]:

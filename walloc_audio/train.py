@@ -503,6 +503,9 @@ def run(cfg: TrainConfig, out: Path, devices: str = "auto", num_nodes: int = 1, 
     """Train (resuming from ``out/checkpoints/last.ckpt`` if present) and export into ``out/export``."""
     import yaml
 
+    last = out / "checkpoints" / "last.ckpt"
+    if export_only and not last.exists():
+        raise WallocError(f"--export-only needs a checkpoint and there is none at {last} (train first)")
     pl = _lightning()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -516,7 +519,6 @@ def run(cfg: TrainConfig, out: Path, devices: str = "auto", num_nodes: int = 1, 
     codec = initial_codec(cfg, train_tracks, log)
     module = make_module(cfg, codec)
     ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
     t0 = time.time()
     steps = 0
     if not export_only:
@@ -540,11 +542,20 @@ def run(cfg: TrainConfig, out: Path, devices: str = "auto", num_nodes: int = 1, 
         steps = trainer.global_step
         if trainer.global_rank != 0:
             return {}
-    elif last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+    else:
+        # Re-export a finished run: its weights and its record, never the untrained initial codec.
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"])
+        steps = int(ckpt.get("global_step", 0))
+    seconds = round(time.time() - t0, 1)
+    if export_only:  # the training time is the earlier export's (when there is one), not this re-export's
+        previous = out / "export" / f"{cfg.name}.json"
+        try:
+            seconds = json.loads(previous.read_text())["training"]["seconds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            seconds = None
     training = {"recipe": "walloc-audio train", "config": portable_config(cfg), "steps": steps,
-                "seconds": round(time.time() - t0, 1), "tracks": len(train_tracks),
+                "seconds": seconds, "tracks": len(train_tracks),
                 "minutes": round(sum(t.shape[1] for t in train_tracks) / cfg.sample_rate / 60, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "torch_threads": torch.get_num_threads()}

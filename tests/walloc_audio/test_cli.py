@@ -142,8 +142,13 @@ def test_existing_output_and_input_protection(tmp_path, capsys):
     one_line_error(err, "exists", "-f")
     assert cli(capsys, "encode", "-m", TINY, "-f", src, out)[0] == 0
     assert out.read_bytes() == before  # deterministic
-    code, _, err = cli(capsys, "encode", "-m", TINY, "-f", src, src)
-    assert code == 6 and sf.read(src)[0].shape[0] > 0
+    code, _, err = cli(capsys, "encode", "-m", TINY, "-f", src, src)  # an audio name for a .wlc: refused first
+    assert code == 2 and sf.read(src)[0].shape[0] > 0
+    usage_error(err, "does not end in .wlc")
+    odd = tmp_path / "odd.wlc"  # audio under a .wlc name, encoded onto itself
+    odd.write_bytes(src.read_bytes())
+    code, _, err = cli(capsys, "encode", "-m", TINY, "-f", odd, odd)
+    assert code == 6 and odd.read_bytes() == src.read_bytes()
     one_line_error(err, "input")
 
 
@@ -300,3 +305,71 @@ def test_encode_quality_and_bitrate_options(tmp_path, capsys):
     warning = capsys.readouterr().err.strip()
     assert "warning" in warning and "using" in warning and len(warning.splitlines()) == 1
     assert (tmp_path / "c.wlc").stat().st_size > 0
+
+
+def usage_error(err: str, *needles: str) -> None:
+    """A usage error: one error line, then one line that says where the usage is."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("walloc-audio: error:") and "--help" in lines[1], err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["decode"], "Missing argument"), (["encode", "--bogus", "x"], "--bogus"), (["frobnicate"], "frobnicate"),
+    (["info"], "Missing argument"), (["encode", "-Q", "abc", "x.wav"], "--quality"),
+])
+def test_usage_errors_are_one_line_and_exit_2(capsys, args, needle):
+    code, _, err = cli(capsys, *args)
+    assert code == 2
+    usage_error(err, needle)
+
+
+def test_version_and_exit_codes_in_help(capsys):
+    from walloc_audio import __version__
+
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"walloc-audio {__version__}"
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "Exit codes" in out and "130" in out
+
+
+def test_encode_refuses_an_audio_name_for_its_output(tmp_path, capsys):
+    a, b = write(tmp_path / "a.wav", tones(0.5)), write(tmp_path / "b.wav", tones(0.5, seed=1))
+    before = b.read_bytes()
+    code, _, err = cli(capsys, "encode", a, b, "-m", TINY, "-f")
+    assert code == 2 and b.read_bytes() == before
+    usage_error(err, "does not end in .wlc")
+
+
+def test_decode_default_name_never_replaces_the_original(tmp_path, capsys):
+    src = write(tmp_path / "song.wav", tones(0.5))
+    before = src.read_bytes()
+    assert cli(capsys, "encode", src, "-m", TINY)[0] == 0
+    for extra in ([], ["-f"]):
+        code, _, err = cli(capsys, "decode", tmp_path / "song.wlc", *extra)
+        assert code == 2 and src.read_bytes() == before
+        usage_error(err, "song.wav exists")
+    code, _, err = cli(capsys, "decode", tmp_path / "song.wlc", tmp_path / "x.wlc")
+    assert code == 2 and not (tmp_path / "x.wlc").exists()
+    src.unlink()
+    assert cli(capsys, "decode", tmp_path / "song.wlc")[0] == 0 and src.exists()  # nothing to replace: the default
+
+
+def test_info_json_and_stdin(tmp_path):
+    import json
+
+    src = write(tmp_path / "a.wav", tones(1.0))
+    env = dict(os.environ)
+    assert subprocess.run([sys.executable, "-m", "walloc_audio", "encode", str(src), "-m", TINY], env=env).returncode == 0
+    wlc = tmp_path / "a.wlc"
+    r = subprocess.run([sys.executable, "-m", "walloc_audio", "info", "--json", "-"], input=wlc.read_bytes(),
+                       capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["bytes"] == wlc.stat().st_size and d["samples"] == 44100 and d["header"]["model"] == TINY
+    assert abs(d["kbps"] - 8 * wlc.stat().st_size / 1000) < 1e-6
+    r = subprocess.run([sys.executable, "-m", "walloc_audio", "info", "-"], input=b"WLC-not-really", capture_output=True,
+                       env=env)
+    assert r.returncode == 3 and b"Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -118,8 +118,8 @@ BLOCK_TORCH = """
 import sys
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchaudio", "pytorch_lightning", "lightning"):
-            raise ImportError(f"{name} is not installed (lean install)")
+        if name.split(".")[0] in ("torch", "torchaudio", "pytorch_lightning", "lightning", "pywt"):
+            raise ModuleNotFoundError(f"No module named {name!r} (lean install)", name=name)
 sys.meta_path.insert(0, _NoTorch())
 """
 
@@ -150,3 +150,34 @@ def test_the_codec_commands_run_without_torch(tmp_path):
     # stdin -> stdout works too
     r = _lean(tmp_path, "decode", "-", "-", "-f", stdin=(tmp_path / "a.wlc").read_bytes())
     assert r.returncode == 0 and r.stdout[:4] == b"RIFF", r.stderr.decode()[-2000:]
+
+
+def test_a_training_command_on_a_lean_install_names_the_extra(tmp_path):
+    src = tmp_path / "in.wav"
+    import soundfile as sf
+
+    sf.write(src, tones(1.0).T, 44100)
+    r = _lean(tmp_path, "eval", str(src), "--no-opus")
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "walloc-audio[train]" in lines[0], r.stderr.decode()[-2000:]
+
+
+LEAN_BIN = os.environ.get("WALLOC_LEAN_BIN")
+
+
+@pytest.mark.skipif(not LEAN_BIN, reason="`make test` sets WALLOC_LEAN_BIN to the lean virtualenv")
+def test_the_lean_virtualenv_codes_audio(tmp_path):
+    """The real lean install (requirements/lean.txt): no torch in it, and the codec commands work."""
+    py = Path(LEAN_BIN) / "python"
+    assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0
+    import soundfile as sf
+
+    sf.write(tmp_path / "in.flac", tones(2.0).T, 44100)
+    exe = str(Path(LEAN_BIN) / "walloc-audio")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WALLOC_AUDIO_MODELS")}
+    for args in (["encode", "in.flac", "a.wlc"], ["info", "--json", "a.wlc"], ["decode", "a.wlc", "a.wav"],
+                 ["--version"]):
+        r = subprocess.run([exe, *args], capture_output=True, cwd=tmp_path, env=env, timeout=120)
+        assert r.returncode == 0, (args, r.stderr.decode()[-2000:])
+    y, _ = read_audio(tmp_path / "a.wav")
+    assert y.shape == (2, 88200)

@@ -70,6 +70,13 @@ def test_training_lowers_the_loss_resumes_and_exports(data, tmp_path):
     info2 = run(tiny(data, init="random", max_steps=50), out, devices=1, accelerator="cpu", log=logs.append)
     assert info2["training"]["steps"] == 50
 
+    # A re-export carries the record forward (steps from the checkpoint, time from the last export).
+    info3 = run(tiny(data, init="random", max_steps=50), out, export_only=True, log=logs.append)
+    assert info3["training"]["steps"] == 50 and info3["training"]["seconds"] == info2["training"]["seconds"]
+    assert info3["sha256"] == info2["sha256"]
+    with pytest.raises(WallocError, match="needs a checkpoint"):  # nothing trained: refuse, never export the init
+        run(tiny(data, init="random"), tmp_path / "empty", export_only=True, log=logs.append)
+
     # Export: the registry files load (sha256 checked) and code real audio.
     folder = out / "export"
     meta = json.loads((folder / "tiny.json").read_text())
