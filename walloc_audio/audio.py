@@ -35,7 +35,7 @@ import soundfile as sf
 
 from .errors import AudioError, OutputError
 from .ffmpeg import AudioInfo, FFmpegProcess, probe, resample_args
-from .fsutil import STDIO, output_error
+from .fsutil import STDIO, output_error, path_suffix
 
 
 # What a folder scan picks up (encode, eval, train): everything ffmpeg decodes that is usually audio.
@@ -248,8 +248,8 @@ class AudioWriter:
     """Write float32 ``[C, n]`` blocks to a file, or WAV to stdout (``"-"``).
 
     The format comes from ``format`` (``"wav"``, ``"mp3"``, ...) or else from
-    the suffix of ``path``, so an :func:`~walloc_audio.fsutil.atomic_output`
-    temporary (``.x.1234.part.mp3``) works. This class does no atomic
+    the suffix of ``path`` (an :func:`~walloc_audio.fsutil.atomic_output`
+    temporary carries its output's). This class does no atomic
     renaming: wrap it. WAV, FLAC, OGG and AIFF at the input rate go through
     soundfile; other formats, ``out_rate != sample_rate`` and stdout through
     an ffmpeg child fed raw ``f32le``.
@@ -268,7 +268,7 @@ class AudioWriter:
         self.out_rate = int(out_rate or sample_rate)
         if self.sample_rate <= 0 or self.channels <= 0:
             raise ValueError(f"need a positive rate and channel count, got {sample_rate} Hz, {channels} ch")
-        fmt = (format or ("wav" if self.path == STDIO else os.path.splitext(self.path)[1][1:])).lower()
+        fmt = (format or ("wav" if self.path == STDIO else path_suffix(self.path)[1:])).lower()
         fmt = "aiff" if fmt == "aif" else fmt
         if fmt not in _MUXERS:
             raise OutputError(f"{self.name}: unknown audio format {fmt!r} (use {', '.join(_MUXERS)})")
@@ -300,7 +300,9 @@ class AudioWriter:
         if self.path == STDIO:
             sys.stdout.flush()  # our own buffered output must come first
         stdout = None if self.path == STDIO else subprocess.DEVNULL  # None: ffmpeg inherits our stdout
-        self._ff = FFmpegProcess(args, dest, self.name, OutputError, stdin=subprocess.PIPE, stdout=stdout)
+        fd = getattr(self.path, "fd", None)  # an unnamed temporary: ffmpeg opens /proc/self/fd/N, so it inherits N
+        self._ff = FFmpegProcess(args, dest, self.name, OutputError, stdin=subprocess.PIPE, stdout=stdout,
+                                 pass_fds=() if fd is None else (fd,))
 
     def _error(self, e: BaseException | None = None) -> OutputError:
         """The one-line error for a failed write; stops ffmpeg to read its log."""

@@ -49,11 +49,13 @@ def resample_args(rate: int | None) -> list[str]:
 class FFmpegProcess:
     """An ffmpeg child with a drained stderr and a reliable kill-and-reap."""
 
-    def __init__(self, args: list[str], path: str, name: str, error: type, *, stdin=None, stdout=subprocess.PIPE):
+    def __init__(self, args: list[str], path: str, name: str, error: type, *, stdin=None, stdout=subprocess.PIPE,
+                 pass_fds: tuple[int, ...] = ()):
         self.path, self.tail = path, deque(maxlen=30)  # the last stderr lines: bounded memory
         base = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
         try:
-            self.proc = subprocess.Popen(base + args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(base + args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                                         pass_fds=pass_fds)
         except FileNotFoundError:
             raise error(f"{name}: ffmpeg is not installed (needed for this format)") from None
         self._thread = threading.Thread(target=self._drain, daemon=True)

@@ -6,12 +6,17 @@ that was there before. The classic recipe, used here, is:
 
 1. check everything that can be checked *before* the expensive work starts
    (output exists, folder missing or read-only, output == an input);
-2. write into a hidden temporary file in the *same folder* as the output,
-   so that both live on the same file system and the final rename is atomic;
-3. on success ``fsync`` the data, then ``os.replace`` the temporary onto the
-   output (readers see the old file or the new one, never a mix), then
-   ``fsync`` the folder so the rename itself survives a power cut;
-4. on any exception, ``KeyboardInterrupt`` included, delete the temporary and
+2. write into a temporary file in the *same folder* as the output, so that
+   both live on the same file system and the final step is atomic. On Linux it
+   is an *unnamed* file (``O_TMPFILE``): it has no name until it is finished, so
+   even ``kill -9`` or a power cut leaves nothing behind -- writers open it as
+   ``/proc/self/fd/N``. Elsewhere (or on file systems without ``O_TMPFILE``) it is
+   a hidden ``.part`` file that the error path deletes;
+3. on success ``fsync`` the data, then give it the output's name (``linkat``
+   for the unnamed file; ``os.replace`` of a temporary name onto the output:
+   readers see the old file or the new one, never a mix), then ``fsync`` the
+   folder so the new name itself survives a power cut;
+4. on any exception, ``KeyboardInterrupt`` included, drop the temporary and
    re-raise.
 
 Usage::
@@ -20,9 +25,10 @@ Usage::
         with AudioWriter(tmp, rate, channels) as w:   # writes to the temp path
             ...
 
-The temporary is named ``.STEM.XXXXXXXX.part.SUFFIX`` (for ``out.wav``:
-``.out.k2j4x9q1.part.wav``). It keeps the output's suffix *last* so tools that
-pick the format from the suffix (soundfile, ffmpeg) behave as for the output.
+The yielded path is a :class:`TempPath`: a ``str`` (``/proc/self/fd/N``, or the
+named temporary ``.STEM.XXXXXXXX.part.SUFFIX``) whose ``suffix`` is the output's,
+for writers that pick the format from it, and whose ``fd`` (or None) a child
+process must inherit to open it (ffmpeg: ``pass_fds``).
 
 The path ``"-"`` (:data:`STDIO`) means standard output: nothing can be checked
 nor renamed, so :func:`atomic_output` yields ``"-"`` itself and writers that
@@ -41,6 +47,75 @@ from .errors import OutputError
 
 STDIO = "-"
 """The path meaning stdin (for readers) or stdout (for writers)."""
+
+
+class TempPath(str):
+    """A path to write that is not the output's own: ``suffix`` is the output's, ``fd`` the unnamed file's."""
+
+    suffix: str = ""
+    fd: int | None = None
+
+    def __new__(cls, path: str, suffix: str, fd: int | None = None):
+        self = super().__new__(cls, path)
+        self.suffix, self.fd = suffix, fd
+        return self
+
+
+def path_suffix(path: str) -> str:
+    """The suffix that names ``path``'s format (a :class:`TempPath` carries its output's)."""
+    return path.suffix if isinstance(path, TempPath) else os.path.splitext(os.fspath(path))[1]
+
+
+_AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
+_LINKABLE: dict[int, bool] = {}  # st_dev -> whether an unnamed file there can be given a name
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (``linkat``; FileExistsError if taken).
+
+    ``linkat(fd, "", AT_EMPTY_PATH)`` where the kernel allows it, else the unprivileged
+    route through ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW``.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), path)
+    os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+
+
+def _unnamed_file(folder: str) -> int | None:
+    """An ``O_TMPFILE`` descriptor in ``folder``, or None where the system, the file system or the
+    kernel's rules for naming it later do not allow one (checked once per file system)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fd = os.open(folder, flag | os.O_WRONLY, 0o666)  # the umask applies
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ENOTSUP):
+            return None
+        raise
+    dev = os.fstat(fd).st_dev
+    if dev not in _LINKABLE:  # probe with a second, throwaway file (a file named once cannot be named again)
+        probe_fd = os.open(folder, flag | os.O_WRONLY, 0o600)
+        probe = os.path.join(folder, f".walloc-probe.{os.urandom(4).hex()}")
+        try:
+            _link_fd(probe_fd, probe)
+            os.unlink(probe)
+            _LINKABLE[dev] = True
+        except OSError:
+            _LINKABLE[dev] = False
+        finally:
+            os.close(probe_fd)
+    if not _LINKABLE[dev]:
+        os.close(fd)
+        return None
+    return fd
+
 
 # errno -> one-line message for the OS errors a user can cause while writing.
 _ERRNO_MESSAGES = {
@@ -154,6 +229,32 @@ def _commit(tmp: str, path: str, overwrite: bool) -> None:
     os.replace(tmp, path)
 
 
+def _commit_unnamed(tmp: TempPath, path: str, overwrite: bool, folder: str, stem: str, suffix: str) -> None:
+    """Give the finished unnamed file its name: ``linkat`` straight onto ``path`` (fails if it
+    appeared meanwhile), or, to replace, onto a fresh hidden name then ``os.replace``."""
+    if not overwrite:
+        try:
+            _link_fd(tmp.fd, path)
+        except FileExistsError:
+            raise OutputError(f"{path} exists (use -f to overwrite)") from None
+        return
+    for _ in range(100):
+        name = os.path.join(folder, f".{stem}.{os.urandom(4).hex()}.part{suffix}")
+        try:
+            _link_fd(tmp.fd, name)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OutputError(f"cannot find a free temporary name in {folder}")
+    try:
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output(
     path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
@@ -183,10 +284,29 @@ def atomic_output(
     folder, base = os.path.split(os.path.abspath(path))
     stem, suffix = os.path.splitext(base)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{suffix}", dir=folder)
+        fd = _unnamed_file(folder)
+    except OSError as e:
+        raise output_error(e, path) or OutputError(f"cannot create a file in {folder}: {e.strerror}") from e
+    if fd is not None:
+        tmp = TempPath(f"/proc/self/fd/{fd}", suffix, fd)
+        try:
+            yield tmp
+            os.fsync(fd)
+            _commit_unnamed(tmp, path, overwrite, folder, stem, suffix)
+            _fsync(folder, directory=True)
+        except BaseException as e:
+            if isinstance(e, OSError) and e.filename in (None, tmp, path):
+                raise output_error(e, path) or e
+            raise
+        finally:
+            os.close(fd)
+        return
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{suffix}", dir=folder)
     except OSError as e:
         raise output_error(e, path) or OutputError(f"cannot create a file in {folder}: {e.strerror}") from e
     os.close(fd)
+    tmp = TempPath(name, suffix)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         yield tmp

@@ -424,8 +424,12 @@ def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig
     return {"probabilities": fit_probabilities(counts)}
 
 
-def measure(model, tracks: list[torch.Tensor], seconds: float) -> dict:
-    """kbps, bits/latent, SNR and paper PSNR through the real bitstream (encode -> bytes -> decode)."""
+def measure(model, tracks, seconds: float) -> dict:
+    """kbps, bits/latent, SNR and paper PSNR through the real bitstream (encode -> bytes -> decode).
+
+    ``tracks``: ``[C, T]`` arrays or tensors; the first ``seconds`` of each, at the default
+    quality of the model's default bitstream, 64-frame packets, container framing counted.
+    Every model's card (``walloc-audio models``) is measured by this function."""
     from .bitstream import PACKET_HEADER_BYTES
     from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder
 
@@ -435,7 +439,7 @@ def measure(model, tracks: list[torch.Tensor], seconds: float) -> dict:
     se = en = 0.0
     psnrs = []
     for t in tracks:
-        x = t[:, :n].numpy()
+        x = np.ascontiguousarray(np.asarray(t)[:, :n], dtype=np.float32)
         enc = PacketEncoder(model, 64, 4)
         packets = enc.push(x) + enc.flush()
         dec = PacketDecoder(model, enc.version, enc.bands)
@@ -449,7 +453,9 @@ def measure(model, tracks: list[torch.Tensor], seconds: float) -> dict:
         se += float(((y - x) ** 2).sum())
         en += float((x.astype(np.float64) ** 2).sum())
         psnrs.append(paper_psnr(x.astype(np.float64), y))
-    return {"tracks": len(tracks), "seconds": round(dur, 1), "kbps": round(bits / dur / 1000, 3),
+    return {"tracks": len(tracks), "seconds": round(dur, 1), "bitstream": enc.version,
+            **({"quality": enc.rate.quality} if enc.version == 2 else {}),
+            "kbps": round(bits / dur / 1000, 3),
             "bits_per_latent": round(bits / (frames * cfg.latent_dim), 4),
             "snr_db": round(10 * math.log10(en / max(se, 1e-20)), 3), "psnr_paper_db": round(float(np.mean(psnrs)), 3)}
 

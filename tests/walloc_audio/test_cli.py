@@ -246,6 +246,37 @@ def test_missing_folder_read_only_and_full_disk(tmp_path, capsys):
             subprocess.run(["umount", str(mnt)])
 
 
+def _wait_for_output_file(proc: subprocess.Popen, folder: Path, timeout: float = 60) -> None:
+    """Until ``proc`` holds a file of ``folder`` open for writing (its unnamed temporary, or a .part file)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                if target.startswith(str(folder)) and ("(deleted)" in target or ".part" in target):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError("the child never opened its output")
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_no_file_at_all(tmp_path):
+    """SIGKILL runs no handler: only an unnamed temporary (O_TMPFILE) leaves nothing."""
+    src = tmp_path / "long.wav"
+    with sf.SoundFile(src, "w", 44100, 2, "PCM_16") as f:
+        for _ in range(120):
+            f.write(tones(1.0).T)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (["encode", "-m", TINY, str(src), str(tmp_path / "long.wlc")],):
+        proc = subprocess.Popen([sys.executable, "-m", "walloc_audio", *args], stderr=subprocess.DEVNULL)
+        _wait_for_output_file(proc, tmp_path)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_partial_output(tmp_path):
     src = tmp_path / "long.wav"
@@ -258,9 +289,7 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path):
                             # A shell's background jobs ignore SIGINT, and Python keeps an
                             # ignored SIGINT ignored: restore the default like a terminal has.
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while not [p for p in tmp_path.iterdir() if p.name.startswith(".long")] and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_for_output_file(proc, tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

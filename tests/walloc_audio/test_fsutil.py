@@ -10,11 +10,37 @@ from walloc_audio.errors import OutputError
 from walloc_audio.fsutil import STDIO, atomic_output, check_output
 
 
-def test_writes_through_a_hidden_temporary_with_the_same_suffix(tmp_path):
+def test_writes_through_an_unnamed_file_where_linux_has_one(tmp_path):
+    out = tmp_path / "song.wav"
+    with atomic_output(out) as tmp:
+        if tmp.fd is None:
+            pytest.skip("no O_TMPFILE (or no way to name it) on this file system")
+        assert tmp.suffix == ".wav" and tmp == f"/proc/self/fd/{tmp.fd}"
+        with open(tmp, "wb") as f:
+            f.write(b"data")
+        assert os.listdir(tmp_path) == []  # no name at all until the end: kill -9 leaves nothing
+    assert out.read_bytes() == b"data"
+    assert os.listdir(tmp_path) == ["song.wav"]
+    with atomic_output(out, overwrite=True) as tmp:  # replacing: the old file stays until the new one is whole
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+        assert out.read_bytes() == b"data"
+    assert out.read_bytes() == b"new" and os.listdir(tmp_path) == ["song.wav"]
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "b.wav") as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == ["song.wav"]
+
+
+def test_writes_through_a_hidden_temporary_with_the_same_suffix(tmp_path, monkeypatch):
+    from walloc_audio import fsutil
+
+    monkeypatch.setattr(fsutil, "_unnamed_file", lambda folder: None)  # other systems: a named temporary
     out = tmp_path / "song.wav"
     with atomic_output(out) as tmp:
         name = os.path.basename(tmp)
-        assert os.path.dirname(tmp) == str(tmp_path)
+        assert os.path.dirname(tmp) == str(tmp_path) and tmp.suffix == ".wav" and tmp.fd is None
         assert name.startswith(".song.") and name.endswith(".part.wav")
         assert not out.exists()  # nothing visible until the end
         with open(tmp, "wb") as f:
