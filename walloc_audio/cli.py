@@ -304,7 +304,7 @@ def models():
                   f"{v.get('kbps', float('nan')):.1f}", f"{v.get('snr_db', float('nan')):.1f} dB",
                   f"{v.get('psnr_paper_db', float('nan')):.1f} dB",
                   m.get("kind", "?"))
-    out.print(t)
+    (out if sys.stdout.isatty() else Console(width=160)).print(t)  # a pipe gets whole rows, not 80 columns
 
 
 @app.command("eval")
