@@ -322,6 +322,10 @@ def evaluate(
                                  help="folder for results.{json,md}, rd.png, spectrogram.png"),
     opus: bool = typer.Option(True, "--opus/--no-opus", help="measure the Opus baseline (needs ffmpeg with libopus)"),
     spectrogram_model: Optional[str] = typer.Option(None, "--spectrogram-model", help="model shown in spectrogram.png"),
+    visqol: bool = typer.Option(False, "--visqol/--no-visqol",
+                                help="also score ViSQOL v3 (audio mode; ~1 CPU-s per second of excerpt)"),
+    visqol_seconds: float = typer.Option(10.0, "--visqol-seconds", help="ViSQOL excerpt from the middle of each track"),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", help="worker processes for ViSQOL"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
 ):
     """Rate and quality of models on your music (real .wlc files), next to Opus and FLAC."""
@@ -338,8 +342,13 @@ def evaluate(
     levels = parse_numbers(gains, "--gains", -90.0, 0.0)
     kbps = parse_numbers(opus_kbps, "--opus-kbps", 6.0, 510.0) if opus else []
     log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
+    if visqol and not (1.0 <= visqol_seconds <= 600.0):
+        raise UsageError("--visqol-seconds must be 1..600")
+    if not 1 <= jobs <= 256:
+        raise UsageError("--jobs must be 1..256")
     result = evaluate_paths(paths, names, scales, kbps, seconds, opus, spectrogram_model, out_dir, log,
-                            qualities=quals, gains=levels, bitrates=rates)
+                            qualities=quals, gains=levels, bitrates=rates,
+                            visqol_seconds=visqol_seconds if visqol else None, jobs=jobs)
     headers, rows = table_rows(result, TERMINAL_KEYS)
     t = Table(title=f"walloc-audio eval: {summary_line(result)}", box=box.SIMPLE_HEAD, padding=(0, 1),
               caption=f"dB except mel (a distance); Δ: vs Opus at the same kbps; all columns in "
@@ -348,10 +357,11 @@ def evaluate(
         t.add_column(h, no_wrap=True, justify="left" if h == "point" else "right")
     for row in rows:
         t.add_row(*row)
-    out.print(t)
+    (out if sys.stdout.isatty() else Console(width=160)).print(t)
     for note in result["notes"]:
         err.print(note, highlight=False, markup=False)
-    err.print(f"wrote {', '.join(result['outputs'].values())}", highlight=False, markup=False)
+    err.print(f"wrote {', '.join(result['outputs'].values())} ({result['wall_seconds']:.0f} s)",
+              highlight=False, markup=False)
 
 
 @app.command()

@@ -408,8 +408,11 @@ class _Point:
     error: float = 0.0
     per_track: dict = field(default_factory=lambda: {k: [] for k in _MEANS})
     track_kbps: list = field(default_factory=list)
+    visqol: list = field(default_factory=list)  # futures of (score | None, reason), one per track
 
-    def add(self, track: Track, coded: Coded, metrics: dict | None) -> None:
+    def add(self, track: Track, coded: Coded, metrics: dict | None, visqol=None) -> None:
+        if visqol is not None:
+            self.visqol.append(visqol)
         self.track_kbps.append(8 * coded.bytes / track.seconds / 1000)
         self.bytes += coded.bytes
         self.samples += track.samples
@@ -430,6 +433,8 @@ class _Point:
             return _json_number(float(np.mean(values))) if values else None
 
         lossy = self.kind != "flac"
+        scored = [f.result() for f in self.visqol]
+        scores = [v for v, _ in scored if v is not None]
         return {
             "kind": self.kind, "model": self.model, "step_scale": self.step_scale, "setting": self.setting,
             "gain_db": self.gain_db,
@@ -441,6 +446,9 @@ class _Point:
             "psnr_paper_db": mean("psnr_paper_db"), "mrstft": mean("mrstft"), "mel_distance": mean("mel_distance"),
             "encode_x_rt": _json_number(self.seconds / self.encode_s, 1) if self.encode_s > 0 else None,
             "decode_x_rt": _json_number(self.seconds / self.decode_s, 1) if self.decode_s > 0 else None,
+            "visqol": _json_number(float(np.mean(scores)), 3) if scores else None,
+            "visqol_tracks": len(scores) if scored else None,
+            "visqol_skipped": sorted({r for v, r in scored if v is None}) if scored else None,
             "tracks": tracks, "seconds": _json_number(self.seconds, 3),
             "target_kbps": self.target_kbps,
             # rate control: the worst file's bitrate against the target, in percent
@@ -460,9 +468,10 @@ def compare_with_opus(points: list[dict]) -> None:
             continue
         opus = sorted((o for o in points if o["kind"] == "opus" and o["kbps"] is not None
                        and o.get("gain_db", 0.0) == p.get("gain_db", 0.0)), key=lambda o: o["kbps"])
-        for key, delta in (("snr_db", "delta_snr_vs_opus_db"), ("psnr_paper_db", "delta_psnr_paper_vs_opus_db")):
-            curve = [(o["kbps"], o[key]) for o in opus if o[key] is not None]
-            inside = len(curve) >= 2 and curve[0][0] <= p["kbps"] <= curve[-1][0] and p[key] is not None
+        for key, delta in (("snr_db", "delta_snr_vs_opus_db"), ("psnr_paper_db", "delta_psnr_paper_vs_opus_db"),
+                           ("visqol", "delta_visqol_vs_opus")):
+            curve = [(o["kbps"], o.get(key)) for o in opus if o.get(key) is not None]
+            inside = len(curve) >= 2 and curve[0][0] <= p["kbps"] <= curve[-1][0] and p.get(key) is not None
             if inside:
                 ref = float(np.interp(p["kbps"], [k for k, _ in curve], [v for _, v in curve]))
                 p[delta] = _json_number(p[key] - ref)
@@ -508,7 +517,8 @@ def _load_models(names: Sequence[str] | None) -> list[LoadedModel]:
 
 def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Sequence[float],
              opus_kbps: Sequence[float], seconds: float | None, opus: bool, qualities: Sequence[float] = (),
-             gains: Sequence[float] = (0.0,), bitrates: Sequence[float] = ()) -> str:
+             gains: Sequence[float] = (0.0,), bitrates: Sequence[float] = (),
+             visqol_seconds: float | None = None, jobs: int = 1) -> str:
     """A command line that reproduces this run."""
     args = ["walloc-audio", "eval", *paths, "--models", ",".join(m.name for m in models)]
     for option, values in (("--qualities", qualities), ("--bitrates", bitrates), ("--step-scales", step_scales)):
@@ -516,6 +526,7 @@ def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Seque
     args += ["--gains", ",".join(f"{g:g}" for g in gains)] if list(gains) != [0.0] else []
     args += ["--opus-kbps", ",".join(f"{k:g}" for k in opus_kbps)] if opus else ["--no-opus"]
     args += ["--seconds", f"{seconds:g}"] if seconds is not None else []
+    args += ["--visqol", "--visqol-seconds", f"{visqol_seconds:g}", "--jobs", str(jobs)] if visqol_seconds else []
     return shlex.join(args)
 
 
@@ -535,8 +546,11 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                    opus_kbps: Sequence[float] = OPUS_KBPS, seconds: float | None = None, opus: bool = True,
                    spectrogram_model: str | None = None, out_dir: str | os.PathLike | None = "eval-out",
                    log: Log | None = None, qualities: Sequence[float] = (5.0,), gains: Sequence[float] = (0.0,),
-                   bitrates: Sequence[float] = ()) -> dict:
+                   bitrates: Sequence[float] = (), visqol_seconds: float | None = None, jobs: int = 1) -> dict:
     """Evaluate models (and Opus, FLAC) on the audio under ``paths``; write reports to ``out_dir``.
+
+    ``visqol_seconds``: also score ViSQOL (audio mode) on that long an excerpt of each track, in
+    ``jobs`` worker processes (:mod:`walloc_audio.visqol`).
 
     Returns the dict written to ``results.json`` (``out_dir=None`` writes nothing).
     Raises :class:`WallocError` when nothing usable is found or an option is wrong.
@@ -552,7 +566,17 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
     if opus and not has_libopus():
         notes.append("Opus baseline skipped: ffmpeg with libopus not found")
         opus = False
-    with tempfile.TemporaryDirectory(prefix="walloc-eval-") as work:
+    from . import visqol
+
+    if visqol_seconds and not visqol.available():
+        notes.append("ViSQOL skipped: visqol-python is not installed (pip install 'walloc-audio[train]')")
+        visqol_seconds = None
+    t_start = time.perf_counter()
+    scorer = visqol.Scorer(visqol_seconds, jobs) if visqol_seconds else None
+    vq = (lambda x, y: scorer.submit(x, y, rate)) if scorer else (lambda x, y: None)
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="walloc-eval-") as work:
+        if scorer is not None:
+            stack.callback(scorer.close)
         tracks, skipped = prepare_tracks(files, rate, seconds, work, log)
         if not tracks:
             where = ", ".join(paths) or "(no paths)"
@@ -571,7 +595,7 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                         x, coded = track.read(), run_walloc(track, model, setting, work)
                         y = _fit_length(coded.y, track.samples)
                         metrics = track_metrics(x, y, rate)
-                        acc.add(track, coded, metrics)
+                        acc.add(track, coded, metrics, vq(x, y))
                         if i == 0 and k == 0 and gain == gains[0] and model.name == spec_name:
                             cut = _excerpt(x, rate)
                             excerpt = (x[:, cut].copy(), y[:, cut].copy(), cut.start / rate,
@@ -584,8 +608,9 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                 for i, track in enumerate(gtracks):
                     x = track.read()
                     coded = run_opus(track, kbps, work)
-                    metrics = track_metrics(x, align(x, coded.y), rate)
-                    acc.add(track, coded, metrics)
+                    y = align(x, coded.y)
+                    metrics = track_metrics(x, y, rate)
+                    acc.add(track, coded, metrics, vq(x, y))
                     rate_kbps = 8 * coded.bytes / track.seconds / 1000
                     _progress(log, f"opus {kbps:g}k{at}", i, len(tracks), track, metrics, rate_kbps)
                 points.append(acc.result(len(tracks)))
@@ -594,8 +619,14 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
             acc.add(track, Coded(np.empty((2, 0)), flac_bytes(track, work), 0.0, 0.0), None)
         points.append(acc.result(len(tracks)))
     compare_with_opus(points)
+    for p in points:
+        if p.get("visqol_skipped"):
+            notes.append(f"ViSQOL: {p['visqol_tracks']} of {p['tracks']} tracks scored for {point_label(p)}; "
+                         f"skipped: {'; '.join(p['visqol_skipped'])}")
     result = {
-        "command": _command(paths, loaded, step_scales, opus_kbps, seconds, opus, qualities, gains, bitrates),
+        "command": _command(paths, loaded, step_scales, opus_kbps, seconds, opus, qualities, gains, bitrates,
+                            visqol_seconds, jobs),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "tracks": [{"path": t.path, "seconds": round(t.seconds, 3)} for t in tracks],
         "total_seconds": round(sum(t.seconds for t in tracks), 3),
@@ -616,17 +647,20 @@ COLUMNS = [  # (header, key, format)
     ("bits/latent", "bits_per_latent", "{:.3f}"), ("DR", "dimension_reduction", "{:.2f}"),
     ("SNR set", "snr_db", "{:.2f}"), ("SNR mean", "snr_db_mean", "{:.2f}"), ("SI-SDR", "si_sdr_db", "{:.2f}"),
     ("PSNR", "psnr_db", "{:.2f}"), ("PSNR paper", "psnr_paper_db", "{:.2f}"), ("MR-STFT", "mrstft", "{:.3f}"),
-    ("mel", "mel_distance", "{:.3f}"), ("enc xRT", "encode_x_rt", "{:.0f}"), ("dec xRT", "decode_x_rt", "{:.0f}"),
+    ("mel", "mel_distance", "{:.3f}"), ("ViSQOL", "visqol", "{:.2f}"),
+    ("enc xRT", "encode_x_rt", "{:.0f}"), ("dec xRT", "decode_x_rt", "{:.0f}"),
     ("worst file vs target kbps (%)", "rate_error_max_pct", "{:.2f}"),
     ("ΔSNR vs Opus", "delta_snr_vs_opus_db", "{:+.2f}"),
     ("ΔPSNR-paper vs Opus", "delta_psnr_paper_vs_opus_db", "{:+.2f}"),
+    ("ΔViSQOL vs Opus", "delta_visqol_vs_opus", "{:+.2f}"),
 ]
 
 
 POINT = [("point", "point", "{}")]
-TERMINAL_KEYS = ("point", "kbps", "snr_db", "psnr_paper_db", "mel_distance", "delta_snr_vs_opus_db",
-                 "delta_psnr_paper_vs_opus_db")  # what fits 80 columns
-_SHORT = {"SNR set": "SNR", "PSNR paper": "PSNR-p", "ΔSNR vs Opus": "ΔSNR", "ΔPSNR-paper vs Opus": "ΔPSNR-p"}
+TERMINAL_KEYS = ("point", "kbps", "snr_db", "psnr_paper_db", "mel_distance", "visqol", "delta_snr_vs_opus_db",
+                 "delta_psnr_paper_vs_opus_db", "delta_visqol_vs_opus")
+_SHORT = {"SNR set": "SNR", "PSNR paper": "PSNR-p", "ΔSNR vs Opus": "ΔSNR", "ΔPSNR-paper vs Opus": "ΔPSNR-p",
+          "ViSQOL": "ViSQOL", "ΔViSQOL vs Opus": "ΔViSQOL"}
 
 
 def point_label(p: dict) -> str:
@@ -703,12 +737,14 @@ def _pyplot():
 def plot_rd(points: list[dict], path: Path) -> None:
     """``rd.png``: PSNR (paper) and SNR against kbps; one line per model, Opus as a line, FLAC's rate."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = [("psnr_paper_db", "PSNR, paper convention (dB)"), ("snr_db", "SNR over the set (dB)")]
+    if any(p.get("visqol") is not None for p in points):
+        panels.append(("visqol", "ViSQOL v3 MOS-LQO (audio mode)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
     lossy = [p for p in points if p["kind"] != "flac" and p["kbps"] is not None]
     top = max((p["kbps"] for p in lossy), default=1.0)
     flac = next((p["kbps"] for p in points if p["kind"] == "flac"), None)
-    for ax, key, label in ((axes[0], "psnr_paper_db", "PSNR, paper convention (dB)"),
-                           (axes[1], "snr_db", "SNR over the set (dB)")):
+    for ax, (key, label) in zip(axes, panels):
         families: dict[tuple[str, str], list[dict]] = {}
         for p in lossy:
             if p.get("gain_db", 0.0) != 0.0:
@@ -716,7 +752,7 @@ def plot_rd(points: list[dict], path: Path) -> None:
             v1 = p["kind"] == "walloc" and str(p.get("setting", "")).startswith("v1")
             families.setdefault((p["kind"], p["model"] + (" (v1)" if v1 else "")), []).append(p)
         for (kind, model), group in families.items():
-            group = sorted((p for p in group if p[key] is not None), key=lambda p: p["kbps"])
+            group = sorted((p for p in group if p.get(key) is not None), key=lambda p: p["kbps"])
             style = dict(color="black", linestyle="--", marker="s") if kind == "opus" else dict(marker="o")
             ax.plot([p["kbps"] for p in group], [p[key] for p in group], label="Opus (libopus)" if kind == "opus"
                     else model, **style)
