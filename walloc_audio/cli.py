@@ -291,10 +291,11 @@ def models():
     """List installed models: dimension reduction, latency, size, measured rate and quality."""
     from .pretrained import DEFAULT_MODEL, list_models
 
-    t = Table(title="installed models", caption="kbps, SNR, PSNR: held-out music at the default bitstream and "
-                                                "quality, real packets (recipes/codec/measure_models.py)")
+    t = Table(title="installed models", caption="kbps, SNR, PSNR, ViSQOL: held-out music at the default bitstream "
+                                                "and quality, real packets (recipes/codec/measure_models.py)")
     t.add_column("name", no_wrap=True)
-    for col in ("J", "latents", "DR", "latency", "params", "weights", "kbps", "SNR", "PSNR (paper)", "kind"):
+    for col in ("J", "latents", "DR", "latency", "params", "weights", "kbps", "SNR", "PSNR (paper)", "ViSQOL",
+                "kind"):
         t.add_column(col)
     for m in list_models():
         c, v = m["config"], m.get("validation", {})
@@ -303,6 +304,7 @@ def models():
                   f"{m['latency_ms']:.1f} ms", f"{m['parameters']:,}", f"{m['weights_bytes'] / 1e6:.2f} MB",
                   f"{v.get('kbps', float('nan')):.1f}", f"{v.get('snr_db', float('nan')):.1f} dB",
                   f"{v.get('psnr_paper_db', float('nan')):.1f} dB",
+                  "-" if v.get("visqol") is None else f"{v['visqol']:.2f}",
                   m.get("kind", "?"))
     (out if sys.stdout.isatty() else Console(width=160)).print(t)  # a pipe gets whole rows, not 80 columns
 

@@ -424,12 +424,13 @@ def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig
     return {"probabilities": fit_probabilities(counts)}
 
 
-def measure(model, tracks, seconds: float) -> dict:
+def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, jobs: int = 1) -> dict:
     """kbps, bits/latent, SNR and paper PSNR through the real bitstream (encode -> bytes -> decode).
 
     ``tracks``: ``[C, T]`` arrays or tensors; the first ``seconds`` of each, at the default
     quality of the model's default bitstream, 64-frame packets, container framing counted.
-    Every model's card (``walloc-audio models``) is measured by this function."""
+    Every model's card (``walloc-audio models``) is measured by this function; with
+    ``visqol_seconds`` it also scores ViSQOL on the middle of each track (:mod:`walloc_audio.visqol`)."""
     from .bitstream import PACKET_HEADER_BYTES
     from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder
 
@@ -437,7 +438,12 @@ def measure(model, tracks, seconds: float) -> dict:
     n = int(seconds * cfg.sample_rate)
     bits = frames = dur = 0.0
     se = en = 0.0
-    psnrs = []
+    psnrs, scores = [], []
+    scorer = None
+    if visqol_seconds:
+        from .visqol import Scorer
+
+        scorer = Scorer(visqol_seconds, jobs)
     for t in tracks:
         x = np.ascontiguousarray(np.asarray(t)[:, :n], dtype=np.float32)
         enc = PacketEncoder(model, 64, 4)
@@ -453,7 +459,15 @@ def measure(model, tracks, seconds: float) -> dict:
         se += float(((y - x) ** 2).sum())
         en += float((x.astype(np.float64) ** 2).sum())
         psnrs.append(paper_psnr(x.astype(np.float64), y))
-    return {"tracks": len(tracks), "seconds": round(dur, 1), "bitstream": enc.version,
+        if scorer is not None:
+            scores.append(scorer.submit(x, y, cfg.sample_rate))
+    visqol = {}
+    if scorer is not None:
+        with scorer:
+            got = [v for v, _ in (f.result() for f in scores) if v is not None]
+        visqol = {"visqol": round(float(np.mean(got)), 3) if got else None, "visqol_tracks": len(got),
+                  "visqol_seconds": visqol_seconds}
+    return {"tracks": len(tracks), "seconds": round(dur, 1), "bitstream": enc.version, **visqol,
             **({"quality": enc.rate.quality} if enc.version == 2 else {}),
             "kbps": round(bits / dur / 1000, 3),
             "bits_per_latent": round(bits / (frames * cfg.latent_dim), 4),

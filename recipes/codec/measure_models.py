@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Measure every installed model's card the same way: real packets on the held-out tracks.
 
-kbps (container framing included), bits/latent, SNR and PSNR (paper convention) of the first
+kbps (container framing included), bits/latent, SNR, PSNR (paper convention) and ViSQOL (audio
+mode, the middle ``--visqol-seconds`` of each excerpt) of the first
 ``--seconds`` of each validation track, encoded at the model's default bitstream and quality and
 decoded back (``walloc_audio.train.measure``, the function ``walloc-audio train`` uses at export).
 Writes ``validation`` into each ``NAME.json``; weights and their hashes are untouched.
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="folder with val.txt (recipes/codec/prepare_data.py)")
     ap.add_argument("--models", default=None, help="comma-separated (default: every installed model)")
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--visqol-seconds", type=float, default=10.0, help="ViSQOL excerpt per track (0: no ViSQOL)")
+    ap.add_argument("--jobs", type=int, default=2, help="ViSQOL worker processes")
     ap.add_argument("--folder", type=Path, default=PACKAGE_MODELS, help="registry folder to write into")
     args = ap.parse_args()
     set_threads(2)
@@ -36,7 +39,7 @@ def main() -> None:
         model = load_model(name, folder=args.folder)
         c = model.config
         tracks = [x for _, x in iter_clips(val, c.sample_rate, c.channels, max_seconds=args.seconds)]
-        record = measure(model, tracks, args.seconds)
+        record = measure(model, tracks, args.seconds, args.visqol_seconds or None, args.jobs)
         record["method"] = (f"recipes/codec/measure_models.py: first {args.seconds:g} s of each of {len(tracks)} "
                             "held-out tracks, real packets (encode -> bytes -> decode), framing counted")
         meta = args.folder / f"{name}.json"
