@@ -42,12 +42,17 @@ system-deps:
 
 # No file prerequisites: the venv's name already carries the hash of the lock, and a
 # fresh clone's newer mtimes must not force a rebuild of an identical venv.
+# $(call make_venv,FOLDER,LOCK): a fresh virtualenv with pip pinned, then the lock, then its stamp.
+define make_venv
+	rm -rf $(1) && mkdir -p $(VENV_ROOT)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q -r requirements/pip.txt
+	$(1)/bin/pip install -q -r $(2)
+	touch $(1)/.complete
+endef
+
 $(STAMP):
-	rm -rf $(VENV) && mkdir -p $(VENV_ROOT)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements/pip.txt
-	$(BIN)/pip install -q -r $(LOCK)
-	touch $(STAMP)
+	$(call make_venv,$(VENV),$(LOCK))
 
 venv: $(STAMP)
 
@@ -56,11 +61,7 @@ install: system-deps venv
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 $(LEAN_STAMP):
-	rm -rf $(LEAN_VENV) && mkdir -p $(VENV_ROOT)
-	$(PYTHON) -m venv $(LEAN_VENV)
-	$(LEAN_BIN)/pip install -q -r requirements/pip.txt
-	$(LEAN_BIN)/pip install -q -r $(LEAN_LOCK)
-	touch $(LEAN_STAMP)
+	$(call make_venv,$(LEAN_VENV),$(LEAN_LOCK))
 
 # (build isolation: the lean venv holds no setuptools of its own)
 install-lean: system-deps $(LEAN_STAMP)

@@ -28,6 +28,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="WaLLoC audio codec: encode, decode and inspect .wlc files.", epilog=EXIT_CODES)
 
 
+def _print_table(table) -> None:
+    """A wide table on stdout: whole rows through a pipe too (rich would cut them to 80 columns)."""
+    (out if sys.stdout.isatty() else Console(width=160)).print(table)
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
@@ -264,11 +269,11 @@ def info(path: str = typer.Argument(..., help="a .wlc file, or - for stdin"),
     h = r.header
     size = counted.bytes
     dur = r.num_samples / h.sample_rate
+    kbps, bits_per_latent = 8 * size / max(dur, 1e-9) / 1000, 8 * size / max(r.total_frames * h.latent_dim, 1)
     if as_json:
         record = {"file": path, "header": dataclasses.asdict(h), "samples": r.num_samples, "seconds": dur,
-                  "packets": packets, "frames": r.total_frames, "bytes": size,
-                  "kbps": 8 * size / max(dur, 1e-9) / 1000,
-                  "bits_per_latent": 8 * size / max(r.total_frames * h.latent_dim, 1)}
+                  "packets": packets, "frames": r.total_frames, "bytes": size, "kbps": kbps,
+                  "bits_per_latent": bits_per_latent}
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
         return
     t = Table(show_header=False, box=None)
@@ -279,8 +284,8 @@ def info(path: str = typer.Argument(..., help="a .wlc file, or - for stdin"),
                  ("bitstream", f"version {h.version}, " + (f"adaptive step, {h.bands} band scales per packet"
                                                            if h.version == 2 else f"fixed step x{h.step_scale:g}")),
                  ("packets", f"{packets} x up to {h.frames_per_packet} frames ({r.total_frames} frames)"),
-                 ("size", f"{size} bytes, {8 * size / max(dur, 1e-9) / 1000:.2f} kbps"),
-                 ("bits/latent", f"{8 * size / max(r.total_frames * h.latent_dim, 1):.3f}"),
+                 ("size", f"{size} bytes, {kbps:.2f} kbps"),
+                 ("bits/latent", f"{bits_per_latent:.3f}"),
                  ("encoder", h.encoder_version)]:
         t.add_row(f"[bold]{k}[/bold]", v)
     out.print(t)
@@ -306,7 +311,7 @@ def models():
                   f"{v.get('psnr_paper_db', float('nan')):.1f} dB",
                   "-" if v.get("visqol") is None else f"{v['visqol']:.2f}",
                   m.get("kind", "?"))
-    (out if sys.stdout.isatty() else Console(width=160)).print(t)  # a pipe gets whole rows, not 80 columns
+    _print_table(t)
 
 
 @app.command("eval")
@@ -359,7 +364,7 @@ def evaluate(
         t.add_column(h, no_wrap=True, justify="left" if h == "point" else "right")
     for row in rows:
         t.add_row(*row)
-    (out if sys.stdout.isatty() else Console(width=160)).print(t)
+    _print_table(t)
     for note in result["notes"]:
         err.print(note, highlight=False, markup=False)
     err.print(f"wrote {', '.join(result['outputs'].values())} ({result['wall_seconds']:.0f} s)",

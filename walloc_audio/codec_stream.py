@@ -90,7 +90,7 @@ class PacketEncoder:
         self.group_samples = group_packets * self.packet_samples
         self._runtime = model.runtime
         self._taps = self._runtime.analysis_taps
-        self.history_samples = (self._taps.shape[0] - 1) * c.frame
+        self.history_samples = self._runtime.history_frames * c.frame
         self.reset()
 
     def reset(self) -> None:

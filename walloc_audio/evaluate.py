@@ -660,7 +660,7 @@ POINT = [("point", "point", "{}")]
 TERMINAL_KEYS = ("point", "kbps", "snr_db", "psnr_paper_db", "mel_distance", "visqol", "delta_snr_vs_opus_db",
                  "delta_psnr_paper_vs_opus_db", "delta_visqol_vs_opus")
 _SHORT = {"SNR set": "SNR", "PSNR paper": "PSNR-p", "ΔSNR vs Opus": "ΔSNR", "ΔPSNR-paper vs Opus": "ΔPSNR-p",
-          "ViSQOL": "ViSQOL", "ΔViSQOL vs Opus": "ΔViSQOL"}
+          "ΔViSQOL vs Opus": "ΔViSQOL"}
 
 
 def point_label(p: dict) -> str:

@@ -136,7 +136,7 @@ class NetStream:
 
     def __init__(self, weights: dict[str, np.ndarray], config: CodecConfig):
         w = lambda k: np.ascontiguousarray(weights[f"decoder.{k}"], dtype=F32)  # noqa: E731
-        flat = lambda k: w(f"{k}.weight").reshape(w(f"{k}.weight").shape[0], -1)  # noqa: E731
+        flat = lambda k: (lambda a: a.reshape(a.shape[0], -1))(w(f"{k}.weight"))  # noqa: E731
         bias = lambda k: w(f"{k}.bias")[:, None]  # noqa: E731
         depth, kernel = config.decoder_depth, config.decoder_kernel
         self.linear = w("linear")
@@ -152,7 +152,6 @@ class NetStream:
                                 (kernel - 1) * dilation, w(f"{u}.2.alpha")[0], flat(f"{u}.3"), bias(f"{u}.3")))
         self._snake_out = w(f"net.{depth + 1}.alpha")[0]
         self._out = (flat(f"net.{depth + 2}"), bias(f"net.{depth + 2}"))
-        self.receptive_field = 1 + sum(u[5] for u in self._units)
         self.reset()
 
     def reset(self) -> None:
@@ -241,12 +240,6 @@ class RuntimeCodec:
         """Input frames before a run of frames that its latents depend on."""
         return self.analysis_taps.shape[0] - 1
 
-    def with_step_scale(self, step_scale: float) -> "RuntimeCodec":
-        return RuntimeCodec(self.config, self.weights, step_scale)
-
-    def net_stream(self) -> NetStream:
-        return NetStream(self.weights, self.config)
-
     # -- whole-signal helpers (fresh state; the packet coder streams the same functions) ----------
     def analyze(self, x: np.ndarray) -> np.ndarray:
         """PCM ``[C, T]`` (``T`` a multiple of the frame) -> float latents ``[L, T / N]``."""
@@ -269,7 +262,7 @@ class Synthesis:
     def __init__(self, codec: RuntimeCodec):
         self.codec = codec
         c = self.config = codec.config
-        self.net = None if codec.linear_decoder else codec.net_stream()
+        self.net = None if codec.linear_decoder else NetStream(codec.weights, codec.config)
         self.fir = FrameFIR(codec.synthesis_taps if codec.linear_decoder else codec.wpt_synthesis)
         self._post_history = None
         if codec.post_filter is not None:

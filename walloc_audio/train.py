@@ -444,27 +444,30 @@ def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, 
         from .visqol import Scorer
 
         scorer = Scorer(visqol_seconds, jobs)
-    for t in tracks:
-        x = np.ascontiguousarray(np.asarray(t)[:, :n], dtype=np.float32)
-        enc = PacketEncoder(model, 64, 4)
-        packets = enc.push(x) + enc.flush()
-        dec = PacketDecoder(model, enc.version, enc.bands)
-        trim = OutputTrim.for_stream(cfg, 64, cfg.channels)
-        pieces = [trim.release(trim.align(p)) for p in dec.decode_many(packets)]
-        pieces.append(trim.finish(x.shape[1], strict=False))
-        y = np.concatenate(pieces, axis=1)[:, : x.shape[1]].astype(np.float64)
-        bits += 8 * sum(len(p) + PACKET_HEADER_BYTES for _, p in packets)
-        frames += enc.frames_out
-        dur += x.shape[1] / cfg.sample_rate
-        se += float(((y - x) ** 2).sum())
-        en += float((x.astype(np.float64) ** 2).sum())
-        psnrs.append(paper_psnr(x.astype(np.float64), y))
+    try:
+        for t in tracks:
+            x = np.ascontiguousarray(np.asarray(t)[:, :n], dtype=np.float32)
+            enc = PacketEncoder(model, 64, 4)
+            packets = enc.push(x) + enc.flush()
+            dec = PacketDecoder(model, enc.version, enc.bands)
+            trim = OutputTrim.for_stream(cfg, 64, cfg.channels)
+            pieces = [trim.release(trim.align(p)) for p in dec.decode_many(packets)]
+            pieces.append(trim.finish(x.shape[1], strict=False))
+            y = np.concatenate(pieces, axis=1)[:, : x.shape[1]].astype(np.float64)
+            bits += 8 * sum(len(p) + PACKET_HEADER_BYTES for _, p in packets)
+            frames += enc.frames_out
+            dur += x.shape[1] / cfg.sample_rate
+            se += float(((y - x) ** 2).sum())
+            en += float((x.astype(np.float64) ** 2).sum())
+            psnrs.append(paper_psnr(x.astype(np.float64), y))
+            if scorer is not None:
+                scores.append(scorer.submit(x, y, cfg.sample_rate))
+        got = [v for v, _ in (f.result() for f in scores) if v is not None]
+    finally:  # the ViSQOL workers go away whatever happened
         if scorer is not None:
-            scores.append(scorer.submit(x, y, cfg.sample_rate))
+            scorer.close()
     visqol = {}
     if scorer is not None:
-        with scorer:
-            got = [v for v, _ in (f.result() for f in scores) if v is not None]
         visqol = {"visqol": round(float(np.mean(got)), 3) if got else None, "visqol_tracks": len(got),
                   "visqol_seconds": visqol_seconds}
     return {"tracks": len(tracks), "seconds": round(dur, 1), "bitstream": enc.version, **visqol,

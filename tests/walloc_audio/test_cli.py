@@ -261,28 +261,31 @@ def _wait_for_output_file(proc: subprocess.Popen, folder: Path, timeout: float =
     raise AssertionError("the child never opened its output")
 
 
-@pytest.mark.slow
-def test_kill_9_leaves_no_file_at_all(tmp_path):
-    """SIGKILL runs no handler: only an unnamed temporary (O_TMPFILE) leaves nothing."""
-    src = tmp_path / "long.wav"
+def _long_input(folder: Path) -> Path:
+    """Two minutes of tones: long enough to interrupt an encode half-way."""
+    src = folder / "long.wav"
     with sf.SoundFile(src, "w", 44100, 2, "PCM_16") as f:
         for _ in range(120):
             f.write(tones(1.0).T)
+    return src
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_no_file_at_all(tmp_path):
+    """SIGKILL runs no handler: only an unnamed temporary (O_TMPFILE) leaves nothing."""
+    src = _long_input(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    for args in (["encode", "-m", TINY, str(src), str(tmp_path / "long.wlc")],):
-        proc = subprocess.Popen([sys.executable, "-m", "walloc_audio", *args], stderr=subprocess.DEVNULL)
-        _wait_for_output_file(proc, tmp_path)
-        proc.kill()
-        proc.wait(timeout=30)
-        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    proc = subprocess.Popen([sys.executable, "-m", "walloc_audio", "encode", "-m", TINY, str(src),
+                             str(tmp_path / "long.wlc")], stderr=subprocess.DEVNULL)
+    _wait_for_output_file(proc, tmp_path)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_partial_output(tmp_path):
-    src = tmp_path / "long.wav"
-    with sf.SoundFile(src, "w", 44100, 2, "PCM_16") as f:
-        for _ in range(120):
-            f.write(tones(1.0).T)
+    src = _long_input(tmp_path)
     out = tmp_path / "long.wlc"
     proc = subprocess.Popen([sys.executable, "-m", "walloc_audio", "encode", "-m", TINY, str(src), str(out)],
                             stderr=subprocess.PIPE, env=os.environ.copy(),
