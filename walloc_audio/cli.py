@@ -25,7 +25,7 @@ EXIT_CODES = ("Exit codes: 0 done; 1 other error; 2 usage error; 3 bad or corrup
 TORCH_MODULES = ("torch", "torchaudio", "pytorch_lightning", "lightning", "torchmetrics", "asteroid", "musdb",
                  "museval", "openunmix")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="WaLLoC audio codec: encode, decode and inspect .wlc files.", epilog=EXIT_CODES)
+                  help="WaLLoC audio codec: encode, decode and inspect .wlc files; separate music from them.", epilog=EXIT_CODES)
 
 
 def _print_table(table) -> None:
@@ -231,6 +231,59 @@ def decode(
         if not quiet and dst != "-":
             err.print(f"{src} -> {dst}: {st.samples / st.sample_rate:.2f} s, {st.channels} ch, "
                       f"{st.samples / st.sample_rate / max(st.seconds, 1e-9):.0f}x real time", highlight=False)
+
+
+def _separate_one(src: str, out_dir: Path, name: Optional[str], fmt: str, wlc: bool, force: bool, threads: int,
+                  progress=None):
+    from separation.separator import load_separator, separate_file
+
+    _set_threads(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    return separate_file(src, out_dir, load_separator(name) if name else load_separator(), fmt=fmt, wlc=wlc,
+                         overwrite=force, progress=progress)
+
+
+@app.command()
+def separate(
+    paths: List[str] = typer.Argument(..., help="a .wlc or audio file, several, or folders"),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="writes DIR/NAME/{drums,bass,other,vocals}.EXT"),
+    separator: Optional[str] = typer.Option(None, "--separator", "-s", help="a shipped separator's name or a file"),
+    fmt: str = typer.Option("wav", "--format", help="audio format of the stems (suffix)"),
+    wlc: bool = typer.Option(False, "--wlc", help="write each stem as a .wlc instead of audio"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite existing stems"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="files separated in parallel (one process each)"),
+    threads: int = typer.Option(os.cpu_count() or 1, "--threads", "-t", help="threads for one file"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Separate music into drums, bass, other and vocals with a latent separator (needs the [separation] extra).
+
+    From a .wlc the mixture is never decoded: the separator works on the latents
+    the file holds. Audio inputs are coded in memory first, exactly as `encode` would."""
+    from .audio import AUDIO_SUFFIXES, find_audio
+
+    if fmt.lstrip(".").lower() == "wlc":
+        raise UsageError("--format wlc: use --wlc")
+    inputs = find_audio(paths, set(AUDIO_SUFFIXES) | {".wlc"})
+    if not inputs:
+        raise WallocError("no input files found")
+    if "-" in inputs:
+        raise UsageError("separate reads files, not stdin")
+    names = [Path(p).name.rsplit(".", 1)[0] for p in inputs]
+    if len(set(names)) != len(names):
+        raise WallocError("two inputs have the same name and would write the same stem folder; use separate runs")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WallocError(f"cannot create {out_dir}: {exc.strerror}") from None
+    pairs = [(p, out_dir) for p in inputs]
+    for src, _, st in _run_many(pairs, _separate_one, (separator, fmt, wlc, force), jobs, threads, "separating",
+                                quiet):
+        if not quiet:
+            folder = os.path.dirname(st.outputs[0])
+            err.print(f"{src} -> {folder}/: {st.seconds_audio:.2f} s, "
+                      f"{st.seconds_audio / max(st.seconds, 1e-9):.0f}x real time", highlight=False)
 
 
 class _Counting:

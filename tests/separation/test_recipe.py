@@ -17,44 +17,56 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "musdb18" / "latent_t
 
 @pytest.mark.slow
 def test_all_stages_on_a_tiny_set(tmp_path):
+    from separation.stems import write_musdb_setup
+
     root = tmp_path / "musdb"
-    make_musdb(root, {"Alpha - One": 4.0, "Beta - Two": 3.5}, "train")
+    make_musdb(root, {"Alpha - One": 4.0, "Beta - Two": 3.5, "Epsilon - Five": 3.0}, "train")
     make_musdb(root, {"Gamma - Three": 3.0, "Delta - Four": 2.5}, "test", silent_vocals=("Delta - Four",))
+    write_musdb_setup(root, ["Alpha - One", "Beta - Two", "Epsilon - Five"])  # one validation track
     tag = "smoke"
     env = {**os.environ, "PYTHON": sys.executable}
     sets = ["training.budget_minutes=1", "training.max_steps=3", "training.samples_per_epoch=4",
-            "training.batch_size=2", "training.segment_seconds=1.0", "training.progress=false",
+            "training.batch_size=2", "training.segment_seconds=1.0", "training.eval_every_minutes=100",
             "masker.kwargs={n_blocks: 2, n_repeats: 1, bn_chan: 16, hid_chan: 32, skip_chan: 16}",
-            "waveform.n_filters=32", "data.eval_jobs=2"]
+            "umx.hidden_size=16", "umx.nb_layers=1", "umx.stats_items=2", "shards.tracks_per_shard=1",
+            "waveform.n_filters=32", "waveform.kernel_size=512", "waveform.stride=256", "data.eval_jobs=2",
+            "training.models=[latent, umx, waveform]"]
     exp = tmp_path / "exp" / tag
     cmd = ["bash", str(RECIPE / "run.sh"), "--stage", "0", "--tag", tag, "--root", str(root), "--exp-dir", str(exp)]
     for s in sets:
         cmd += ["--set", s]
     # Everything the recipe writes stays under tmp_path (--exp-dir).
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((exp / "results.json").read_text())
-    assert set(results) == {"latent", "waveform", "codec ceiling"}
+    assert set(results) == {"latent", "umx", "waveform", "codec ceiling", "floor: a quarter of the mixture"}
     oracle = results.pop("codec ceiling")
+    floor = results.pop("floor: a quarter of the mixture")
     assert oracle["train"] is None and oracle["aggregate"]["avg"]["SDR"] > 5.0  # true stems, only coded
-    for m in results.values():
-        assert m["train"]["steps"] == 3
+    assert floor["train"] is None and oracle["aggregate"]["avg"]["SDR"] > floor["aggregate"]["avg"]["SDR"]
+    for name, m in results.items():
+        assert m["train"]["steps"] == 3, name
         agg = m["aggregate"]
         assert agg["vocals"]["excluded_silent"] == 1  # the silent reference is not scored
         assert all(isinstance(agg[s]["SDR"], float) for s in ("drums", "bass", "other", "vocals"))
+        curve = json.loads((exp / name / "curve.json").read_text())
+        assert [c["steps"] for c in curve] == [0, 3] and all(c["val_sdr"] is not None for c in curve)
     text = (exp / "results.md").read_text()
     assert "not comparable to published MUSDB18" in text and (exp / "sdr.svg").exists()
-    assert (exp / "conf.yml").exists() and (exp / "cache" / "train" / "index.json").exists()
-    # Rerunning a finished stage resumes instead of starting over.
+    assert "polyline" in (exp / "curve.svg").read_text()
+    report = json.loads((exp / "wlc" / "report.json").read_text())
+    assert report["parts"]["train"]["tracks"] == 2 and report["parts"]["valid"]["tracks"] == 1
+    assert report["parts"]["train"]["x_smaller_than_pcm16"] > 10
+    # Rerunning a finished stage reuses its output instead of starting over.
     r = subprocess.run(cmd[:2] + ["--stage", "1", "--stop-stage", "1", "--tag", tag, "--exp-dir", str(exp)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "up to date" in r.stdout
-    # A longer budget on the same tag resumes training from checkpoints/last.ckpt (step 3 -> 5).
+    # A longer budget on the same tag resumes training where it stopped (step 3 -> 5).
     resume = cmd[:2] + ["--stage", "2", "--stop-stage", "2", "--tag", tag, "--root", str(root), "--exp-dir", str(exp)]
-    for s in sets[:1] + ["training.max_steps=5"] + sets[2:]:
+    for s in [x if x != "training.max_steps=3" else "training.max_steps=5" for x in sets]:
         resume += ["--set", s]
-    r = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for kind in ("latent", "waveform"):
-        figures = json.loads(next(exp.rglob(f"{kind}*/train_figures.json")).read_text())
+    for kind in ("latent", "umx", "waveform"):
+        figures = json.loads((exp / kind / "figures.json").read_text())
         assert figures["steps"] == 5, figures

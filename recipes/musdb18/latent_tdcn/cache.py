@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Stage 1: encode every training stem once into the latent cache (exp/TAG/cache/train)."""
+"""Stage 1 (for latent-float): every training stem once into the float latent cache (exp/TAG/cache/train).
+
+The training tracks of the set (its validation tracks held out), as the .wlc shards hold them."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def main() -> None:
         cache = open_cache(out, model)
         print(f"latent cache {out} is up to date")
     except DatasetError:
-        cache = build_cache(conf["data"]["root"], "train", model, out, dtype=conf["codec"]["dtype"], overwrite=True)
+        cache = build_cache(conf["data"]["root"], "train", model, out, split="train", dtype=conf["codec"]["dtype"],
+                            overwrite=True)
     st = cache_stats(cache)
     print(f"{st.tracks} tracks, {st.seconds / 60:.1f} min, {st.bytes / 1e6:.1f} MB on disk vs "
           f"{st.pcm16_bytes / 1e6:.1f} MB of 16-bit PCM stems ({st.ratio:.2f}x smaller)")

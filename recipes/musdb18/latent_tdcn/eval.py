@@ -3,8 +3,11 @@
 
     python eval.py --conf exp/TAG/conf.yml --exp exp/TAG --model latent [--jobs 2]
 Writes exp/TAG/MODEL/scores.json (per track and aggregated, MUSDB convention).
-``--model oracle`` needs no training: every true stem through the codec alone, the
-ceiling the codec puts on any latent-domain separator.
+Models: the trained ``latent`` / ``latent-float`` (on the test mixtures' .wlc latents: what a
+receiver has), ``umx`` and ``waveform`` (on PCM mixtures), and two that need no training:
+``oracle``, every true stem through the codec alone (decoded from its .wlc: the ceiling the
+codec puts on any latent-domain separator), and ``floor``, every stem estimated as a quarter
+of the mixture (what doing nothing scores).
 ``--jobs N`` scores N tracks at a time in worker processes (one torch thread each);
 museval dominates the time (~40 s per minute of audio on one core).
 """
@@ -18,18 +21,29 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from separation.data import open_musdb
-from separation.evaluate import (DISCLAIMER, aggregate, codec_oracle, latent_separate, score_estimates, score_track,
-                                 waveform_separate)
+from separation.data import STEMS, open_musdb
+from separation.evaluate import DISCLAIMER, aggregate, score_estimates, score_track, waveform_separate
 from separation.models import WallocFrontEnd
+from separation.separator import ChunkedMasker
+from separation.shards import iter_tracks, open_sources
 from separation.train import make_network
 from walloc_audio.pretrained import load_model
 
+MODELS = ("latent", "latent-float", "umx", "waveform", "oracle", "floor")
 _state: dict = {}
+
+
+def _weights(exp: Path, kind: str) -> dict:
+    """fit.py's best weights (the Lightning path's model.safetensors for older runs)."""
+    for name in ("best.safetensors", "model.safetensors"):
+        if (exp / kind / name).exists():
+            return load_file(str(exp / kind / name))
+    raise SystemExit(f"{exp / kind}: no trained weights (run stage 2)")
 
 
 def setup(conf: dict, exp: Path, kind: str, threads: int | None = None) -> None:
@@ -40,22 +54,60 @@ def setup(conf: dict, exp: Path, kind: str, threads: int | None = None) -> None:
     tracks = open_musdb(conf["data"]["root"], "test")
     if conf["data"].get("eval_tracks"):
         tracks = tracks[: conf["data"]["eval_tracks"]]
-    codec = load_model(conf["codec"]["model"]) if kind in ("latent", "oracle") else None
-    if kind == "oracle":
-        front = WallocFrontEnd(codec)
-        _state.update(tracks=tracks, oracle=lambda track: codec_oracle(front, track))
+    _state["tracks"] = tracks
+    if kind == "floor":
+        _state["estimate"] = lambda track: {s: track.audio / len(STEMS) for s in STEMS}
         return
-    net = make_network(kind, conf, codec)
-    net.load_state_dict(load_file(str(exp / kind / "model.safetensors")))
+    if kind == "umx":
+        from separation.umx import UMXBaseline
+
+        u = conf["umx"]
+        net = UMXBaseline(hidden_size=u["hidden_size"], nb_layers=u["nb_layers"], bandwidth_hz=u["bandwidth_hz"])
+        net.load_state_dict(_weights(exp, kind))
+        sep = net.separator(u.get("niter", 1))
+
+        def run(mix: np.ndarray) -> dict:
+            est = sep(torch.from_numpy(np.ascontiguousarray(mix.T, dtype=np.float32))[None])[0, ..., : len(mix)]
+            return {s: est[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
+        _state["separate"] = run
+        return
+    if kind == "waveform":
+        net = make_network(kind, conf)
+        net.load_state_dict(_weights(exp, kind))
+        _state["separate"] = waveform_separate(net.eval())
+        return
+    # Latent models and the codec's ceiling read the test set's .wlc files: latents, never PCM.
+    codec = load_model(conf["codec"]["model"])
+    front = WallocFrontEnd(codec)
+    rows = STEMS if kind == "oracle" else ("mixture",)
+    coded = {t.name: t for t in iter_tracks(open_sources(exp / "wlc" / "test"), codec, rows=rows)}
+    missing = [t.name for t in tracks if t.name not in coded]
+    if missing:
+        raise SystemExit(f"{exp / 'wlc' / 'test'}: no decodable .wlc for {missing} (rerun stage 1)")
+    if kind == "oracle":
+        def estimate(track) -> dict:
+            z = torch.from_numpy(np.stack([coded[track.name].latents[s] for s in STEMS]))[None]
+            y = front.decode(z, coded[track.name].samples)[0]
+            return {s: y[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
+        _state["estimate"] = estimate
+        return
+    net = make_network("latent", conf, codec)
+    net.load_state_dict(_weights(exp, kind))
     net.eval()
-    _state.update(tracks=tracks, separate=latent_separate(WallocFrontEnd(codec), net) if kind == "latent"
-                  else waveform_separate(net))
+
+    def estimate(track) -> dict:
+        z = coded[track.name].latents["mixture"]
+        m = ChunkedMasker(net, codec.config.latent_dim)
+        est = np.concatenate(list(m.push(z)) + list(m.flush()), axis=2)  # [S, L, K]
+        y = front.decode(torch.from_numpy(est)[None], coded[track.name].samples)[0]
+        return {s: y[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
+    _state["estimate"] = estimate
 
 
 def score(i: int) -> tuple[dict, float]:
     t, track = time.perf_counter(), _state["tracks"][i]
-    if "oracle" in _state:
-        return score_estimates(track, _state["oracle"](track)), time.perf_counter() - t
+    if "estimate" in _state:
+        return score_estimates(track, _state["estimate"](track)), time.perf_counter() - t
     return score_track(track, _state["separate"]), time.perf_counter() - t
 
 
@@ -63,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conf", type=Path, required=True)
     ap.add_argument("--exp", type=Path, required=True)
-    ap.add_argument("--model", choices=["latent", "waveform", "oracle"], required=True)
+    ap.add_argument("--model", choices=MODELS, required=True)
     ap.add_argument("--jobs", type=int, default=1, help="tracks scored at a time (worker processes)")
     args = ap.parse_args()
     conf = yaml.safe_load(args.conf.read_text())

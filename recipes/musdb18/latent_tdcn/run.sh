@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Latent-domain (WaLLoC) vs waveform-domain separation, asteroid-recipe style.
+# Separation on compressed files (WaLLoC .wlc latents) vs Open-Unmix and ConvTasNet, asteroid-recipe style.
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--tag TAG] [--root MUSDB_ROOT] [--exp-dir DIR] [--set key=value]...
-#            [-- lightning flags]    (results go to exp/TAG, or to DIR)
+#            [--threads N]    (results go to exp/TAG, or to DIR)
 #
 # Stages: 0 prepare data (build the local MUSDB-style set unless --root is given)
-#         1 cache latents   2 train (both models, same wall-clock budget)
-#         3 evaluate (museval; also the codec's ceiling)   4 report (exp/TAG/results.md, results.json, sdr.svg)
+#         1 code every stem and mixture once into .wlc tar shards (+ the float latent cache for latent-float)
+#         2 train every model of training.models on the same budget, each with its learning curve (fit.py)
+#         3 evaluate (museval; also the codec's ceiling and the quarter-mixture floor)
+#         4 report (exp/TAG/results.md, results.json, sdr.svg, curve.svg)
 # Runs unchanged on MUSDB18 (.stem.mp4), MUSDB18-HQ or the local set: pass --root.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-stage=0; stop_stage=4; tag=""; root=""; exp=""; sets=(); lightning=()
+stage=0; stop_stage=4; tag=""; root=""; exp=""; sets=(); threads=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
@@ -20,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     --root) root=$2; shift 2 ;;
     --exp-dir) exp=$2; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
-    --) shift; lightning=("$@"); break ;;
+    --threads) threads=(--threads "$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -55,13 +57,17 @@ root=$($PYTHON -c "import yaml; print(yaml.safe_load(open('$conf'))['data']['roo
 [[ -n $root ]] || { echo "no data root: run stage 0 or pass --root" >&2; exit 1; }
 
 if [[ $stage -le 1 && 1 -le $stop_stage ]]; then
-  echo "stage 1: latent cache"
-  $PYTHON cache.py --conf "$conf" --exp "$exp"
+  echo "stage 1: .wlc shards"
+  $PYTHON shards.py --conf "$conf" --exp "$exp"
+  if [[ " $models " == *" latent-float "* ]]; then
+    echo "stage 1: float latent cache (latent-float)"
+    $PYTHON cache.py --conf "$conf" --exp "$exp"
+  fi
 fi
 if [[ $stage -le 2 && 2 -le $stop_stage ]]; then
   for m in $models; do
     echo "stage 2: training $m"
-    $PYTHON train.py --conf "$conf" --exp "$exp" --model "$m" "${lightning[@]}"
+    $PYTHON fit.py --conf "$conf" --exp "$exp" --model "$m" "${threads[@]}"
   done
 fi
 if [[ $stage -le 3 && 3 -le $stop_stage ]]; then
@@ -73,6 +79,8 @@ if [[ $stage -le 3 && 3 -le $stop_stage ]]; then
     echo "stage 3: scoring the codec's ceiling (true stems through the codec)"
     $PYTHON eval.py --conf "$conf" --exp "$exp" --model oracle --jobs "$eval_jobs"
   fi
+  echo "stage 3: scoring the floor (every stem a quarter of the mixture)"
+  $PYTHON eval.py --conf "$conf" --exp "$exp" --model floor --jobs "$eval_jobs"
 fi
 if [[ $stage -le 4 && 4 -le $stop_stage ]]; then
   echo "stage 4: report"

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Stage 2: train one model of the comparison on a budget, with its learning curve.
+
+    python fit.py --conf exp/TAG/conf.yml --exp exp/TAG --model latent|latent-float|umx|waveform [--threads 1]
+Writes exp/TAG/MODEL/: curve.json (validation SDR against training time), best.safetensors,
+last.safetensors, net.json (what builds the network), figures.json (steps, examples/s, peak RSS).
+The budget is training.budget_minutes on training.clock (cpu: this process's CPU time; wall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from separation.curve import fit
+from separation.runs import KINDS, build_run
+from walloc_audio.pretrained import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--conf", type=Path, required=True)
+    ap.add_argument("--exp", type=Path, required=True)
+    ap.add_argument("--model", choices=KINDS, required=True)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (one per run when runs share a CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    conf = yaml.safe_load(args.conf.read_text())
+    tr = conf["training"]
+    torch.manual_seed(tr["seed"])
+    model = load_model(conf["codec"]["model"]) if args.model.startswith("latent") else None
+    run = build_run(args.model, conf, args.exp, model)
+    out = args.exp / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "net.json").write_text(json.dumps({"kind": args.model, "config": getattr(run.net, "config", None),
+                                              "codec": conf["codec"]["model"]}, indent=1) + "\n")
+    clock = tr.get("clock", "cpu") if args.device == "cpu" else "wall"
+    figures = fit(run.net, run.loss, run.batches, budget_seconds=tr["budget_minutes"] * 60,
+                  eval_every=tr.get("eval_every_minutes", 10) * 60, validate=run.validate, out_dir=out, lr=tr["lr"],
+                  clock=clock, device=args.device, max_steps=tr.get("max_steps"),
+                  log=lambda s: print(f"{args.model}: {s}", flush=True))
+    skips = getattr(run.data, "skips", None)
+    figures.update(kind=args.model, threads=torch.get_num_threads(), device=args.device,
+                   skipped_tracks=len(skips) if skips is not None else 0,
+                   skipped=skips.items if skips is not None else [])
+    (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
