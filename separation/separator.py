@@ -31,13 +31,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from walloc_audio.errors import ModelError, WallocError
-from walloc_audio.pretrained import LoadedModel, load_model
+from walloc_audio.pretrained import PACKAGE_MODELS, LoadedModel, load_model
 
 from .data import STEMS
 
 SEPARATOR_FORMAT = "walloc-separator"
 SEPARATOR_VERSION = 1
-PACKAGE_SEPARATORS = Path(__file__).resolve().parents[1] / "walloc_audio" / "models" / "separators"
+PACKAGE_SEPARATORS = PACKAGE_MODELS / "separators"
 DEFAULT_SEPARATOR = "tdcn-stereo-5x-linear"
 MAX_METADATA = 1 << 16
 

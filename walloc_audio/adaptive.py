@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
-from .entropy import _payload_words, context_features, context_thresholds, frame_features, laplace_bin_probability
+from .entropy import _neighbours, _payload_words, context_features, context_thresholds, laplace_bin_probability
 from .errors import BitstreamError
 
 E_UNITS = 8  # step exponent units per octave
@@ -164,6 +164,10 @@ class AdaptiveCoder:
         self._family = constriction.stream.model.QuantizedLaplace(-self.max_symbol, self.max_symbol)
         self._rows = np.arange(L)
         self._centroids = bool(np.any(self.offsets))
+        # Decoder speed-ups, exactly buckets() and the neighbour rows of entropy._activity.
+        self._lut_cap = int(np.ceil(self.thresholds[-1])) + 1 if len(self.thresholds) else 1
+        self._bucket_lut = self.buckets(np.arange(self._lut_cap + 1))
+        self._neigh = _neighbours(L)
 
     # -- helpers shared by encoder and decoder ------------------------------------------------
     def buckets(self, features: np.ndarray) -> np.ndarray:
@@ -234,14 +238,25 @@ class AdaptiveCoder:
             sc = self._channel_scale(s, edges)
             active = np.flatnonzero(sc > 0)
             if active.size:
-                srow = sc[active] - 1
+                # The context of frame t (entropy.context_features, one frame at a time): magnitudes
+                # one, two and three frames back, rolled forward as frames are decoded.
+                table = self._scale64[active, sc[active] - 1]  # [La, buckets]
+                rows = np.arange(active.size)
                 zeros = np.zeros(active.size)
+                m2, m1, p1, p2 = self._neigh
+                a1 = np.zeros(L, dtype=np.int64)
+                a2 = a3 = a1
                 for t in range(frames):
                     if t == 0:
-                        b = np.zeros(active.size, dtype=np.int64)
+                        scales = table[:, 0]
                     else:
-                        b = self.buckets(frame_features(q[:, max(0, t - 3) : t]))[active]
-                    q[active, t] = dec.decode(self._family, zeros, self._scale64[active, srow, b])
+                        f = 4 * a1 + 2 * a2 + a3 + 2 * (a1[m1] + a1[p1]) + a1[m2] + a1[p2]
+                        scales = table[rows, self._bucket_lut[np.minimum(f[active], self._lut_cap)]]
+                    qt = dec.decode(self._family, zeros, scales)
+                    q[active, t] = qt
+                    new = np.zeros(L, dtype=np.int64)
+                    new[active] = np.abs(qt)
+                    a3, a2, a1 = (a2, a1, new) if t else (new, new, new)
         except Exception as exc:  # constriction raises plain errors on garbage
             raise BitstreamError(f"packet payload cannot be range-decoded ({exc})") from None
         return q, index - E_BIAS, s
