@@ -1,9 +1,9 @@
-"""Training throughput of latent vs waveform separators, side by side, outside Lightning.
+"""Training throughput of the separators of the comparison, side by side in one process.
 
 A training run reports examples/s too, but one run per model, minutes apart, on
 a shared machine: a few percent of noise either way. Here both models take
 turns in the same process -- ``rounds`` rounds of ``steps`` full training steps
-each (read and augment a batch, forward, backward, Adam step), models
+each (read, decode and augment a batch, forward, backward, Adam step), models
 alternating within every round -- and the median round of each is reported with
 their ratio. ``synthetic=True`` feeds random tensors of the training shapes
 instead of the data set: it measures compute alone (no data on the machine, a
@@ -15,18 +15,18 @@ from __future__ import annotations
 import statistics
 import time
 from itertools import cycle
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from walloc_audio.pretrained import LoadedModel
 
-from .train import build, make_loss, make_network
+from .runs import build_run, network_and_loss
 
 
 def _synthetic_batches(kind: str, conf: dict, model: LoadedModel | None, batch: int):
     seconds = conf["training"]["segment_seconds"]
-    if kind == "latent":
+    if kind.startswith("latent"):
         shape = (model.config.latent_dim, max(1, round(seconds * model.config.sample_rate / model.config.frame)))
     else:
         shape = (2, int(seconds * 44100) // 256 * 256)
@@ -35,54 +35,57 @@ def _synthetic_batches(kind: str, conf: dict, model: LoadedModel | None, batch: 
     return cycle([(s.sum(1), s) for s in stems])
 
 
-def training_throughput(conf: dict, kinds=("latent", "waveform"), *, model: LoadedModel | None = None, cache=None,
-                        data_root=None, steps: int = 8, rounds: int = 3, warmup: int = 2, synthetic: bool = False,
-                        device: str = "cpu") -> dict:
+def training_throughput(conf: dict, kinds=("latent", "umx"), *, exp: Path | None = None,
+                        model: LoadedModel | None = None, steps: int = 8, rounds: int = 3, warmup: int = 2,
+                        synthetic: bool = False, device: str = "cpu") -> dict:
     """Examples/s of full training steps for each kind, interleaved; see the module docstring.
 
-    Returns ``{kind: {"examples_per_second", "rounds", "parameters"}, "ratio": latent / waveform}``
-    (the ratio only when both kinds ran).
+    Kinds are those of :mod:`separation.runs` (each with its own data and loss).
+    Returns ``{kind: {"examples_per_second", "rounds", "parameters"}}``.
     """
-    tr = conf["training"]
-    loss_fn = make_loss(tr.get("loss", "mse"))
     runs = {}
     for kind in kinds:
-        torch.manual_seed(tr["seed"])
+        torch.manual_seed(conf["training"]["seed"])
         if synthetic:
-            net, batches = make_network(kind, conf, model), _synthetic_batches(kind, conf, model, tr["batch_size"])
+            net, loss = network_and_loss(kind, conf, model)
+            batches = _synthetic_batches(kind, conf, model, conf["training"]["batch_size"])
         else:
-            net, data = build(kind, conf, model, cache, data_root)
-            batches = cycle(DataLoader(data, batch_size=tr["batch_size"], drop_last=True))
+            run = build_run(kind, conf, exp, model, validation=False)
+            net, loss, batches = run.net, run.loss, _epochs(run.batches)
         net = net.to(device).train()
-        runs[kind] = {"net": net, "batches": batches, "opt": torch.optim.Adam(net.parameters(), lr=tr["lr"]),
-                      "rounds": []}
+        runs[kind] = {"net": net, "loss": loss, "batches": batches, "rounds": [],
+                      "opt": torch.optim.Adam(net.parameters(), lr=conf["training"]["lr"])}
 
-    def step(run) -> int:
-        x, y = next(run["batches"])
+    def step(r) -> int:
+        x, y = next(r["batches"])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = loss_fn(run["net"](x), y)
-        run["opt"].zero_grad(set_to_none=True)
+        loss = r["loss"](r["net"], x, y)
+        r["opt"].zero_grad(set_to_none=True)
         loss.backward()
-        run["opt"].step()
+        r["opt"].step()
         return x.shape[0]
 
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    for run in runs.values():
+    for r in runs.values():
         for _ in range(warmup):
-            step(run)
+            step(r)
     for _ in range(rounds):
-        for run in runs.values():
+        for r in runs.values():
             sync()
             t0, n = time.perf_counter(), 0
             for _ in range(steps):
-                n += step(run)
+                n += step(r)
             sync()
-            run["rounds"].append(n / (time.perf_counter() - t0))
-    out = {kind: {"examples_per_second": statistics.median(r["rounds"]), "rounds": r["rounds"],
-                  "parameters": sum(p.numel() for p in r["net"].parameters())} for kind, r in runs.items()}
-    if "latent" in out and "waveform" in out:
-        out["ratio"] = out["latent"]["examples_per_second"] / out["waveform"]["examples_per_second"]
-    return out
+            r["rounds"].append(n / (time.perf_counter() - t0))
+    return {kind: {"examples_per_second": statistics.median(r["rounds"]), "rounds": r["rounds"],
+                   "parameters": sum(p.numel() for p in r["net"].parameters())} for kind, r in runs.items()}
+
+
+def _epochs(batches):
+    epoch = 0
+    while True:
+        yield from batches(epoch)
+        epoch += 1

@@ -87,14 +87,32 @@ def _mse(net, mix, stems):
     return torch.mean((net(mix) - stems) ** 2)
 
 
-def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None) -> Run:
-    """The network, loss, batches and validator of ``kind`` for the recipe config ``conf``."""
+def network_and_loss(kind: str, conf: dict, model: LoadedModel | None, umx_stats=None):
+    """``(network, loss)`` of ``kind``; ``umx_stats``: Open-Unmix's input (mean, std), None for untrained."""
     from .train import make_network  # the latent and ConvTasNet networks, as the Lightning path builds them
 
+    if kind in ("latent", "latent-float"):
+        return make_network("latent", conf, model), _mse
+    if kind == "umx":
+        from .umx import UMXBaseline
+
+        u = conf["umx"]
+        mean, std = umx_stats if umx_stats is not None else (None, None)
+        net = UMXBaseline(hidden_size=u["hidden_size"], nb_layers=u["nb_layers"], bandwidth_hz=u["bandwidth_hz"],
+                          input_mean=mean, input_scale=std)
+        return net, lambda n, x, y: n.loss(x, y)
+    if kind == "waveform":
+        return make_network("waveform", conf), _mse
+    raise ValueError(f"unknown model kind {kind!r} ({' | '.join(KINDS)})")
+
+
+def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None, *, validation: bool = True) -> Run:
+    """The network, loss, batches and validator of ``kind`` for the recipe config ``conf``
+    (``validation=False``: no validator, for throughput benchmarks)."""
     tr, root = conf["training"], conf["data"]["root"]
     common = dict(remix=tr["remix"], gain_db=tuple(tr["gain_db"]), samples_per_epoch=tr["samples_per_epoch"],
                   seed=tr["seed"])
-    val_tracks = open_musdb(root, "train", split="valid")
+    val_tracks = open_musdb(root, "train", split="valid") if validation else []
     if conf["data"].get("val_tracks"):
         val_tracks = val_tracks[: conf["data"]["val_tracks"]]
 
@@ -109,7 +127,7 @@ def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None) -> Ru
 
     if kind in ("latent", "latent-float"):
         frames = max(1, round(tr["segment_seconds"] * model.config.sample_rate / model.config.frame))
-        net = make_network("latent", conf, model)
+        net, loss = network_and_loss(kind, conf, model)
         if kind == "latent":
             sh = conf.get("shards", {})
             data = ShardRemixStream(open_sources(exp / "wlc" / "train"), model, frames,
@@ -119,30 +137,26 @@ def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None) -> Ru
             from .cache import open_cache
 
             data = LatentRemixDataset(open_cache(exp / "cache" / "train", model), frames, **common)
-        validate = LatentValidator(open_sources(exp / "wlc" / "valid"), model, val_tracks)
-        return Run(net, _mse, loader(data), validate, data)
+        validate = LatentValidator(open_sources(exp / "wlc" / "valid"), model, val_tracks) if validation else None
+        return Run(net, loss, loader(data), validate, data)
     samples = int(tr["segment_seconds"] * 44100) // 256 * 256
     data = WaveformRemixDataset(root, "train", samples, split="train", **common)
     if kind == "umx":
         from .umx import UMXBaseline, input_stats
 
-        u = conf["umx"]
         probe = UMXBaseline(hidden_size=8, nb_layers=1)
-        mean, std = input_stats((data[i][0] for i in range(u.get("stats_items", 64))), probe)
-        net = UMXBaseline(hidden_size=u["hidden_size"], nb_layers=u["nb_layers"], bandwidth_hz=u["bandwidth_hz"],
-                          input_mean=mean, input_scale=std)
-        niter = u.get("niter", 1)
+        stats = input_stats((data[i][0] for i in range(conf["umx"].get("stats_items", 64))), probe)
+        net, loss = network_and_loss(kind, conf, model, stats)
+        niter = conf["umx"].get("niter", 1)
 
         def separate(n, x):
             return n.separator(niter)(x[None])[0]
-
-        return Run(net, lambda n, x, y: n.loss(x, y), loader(data), WaveformValidator(val_tracks, separate), data)
-    if kind == "waveform":
-        net = make_network("waveform", conf)
+    elif kind == "waveform":
+        net, loss = network_and_loss(kind, conf, model)
 
         def separate(n, x):
             chunk = 44100 * 10
             return torch.cat([n(x[None, :, i : i + chunk]) for i in range(0, x.shape[-1], chunk)], -1)[0]
-
-        return Run(net, _mse, loader(data), WaveformValidator(val_tracks, separate), data)
-    raise ValueError(f"unknown model kind {kind!r} ({' | '.join(KINDS)})")
+    else:
+        raise ValueError(f"unknown model kind {kind!r} ({' | '.join(KINDS)})")
+    return Run(net, loss, loader(data), WaveformValidator(val_tracks, separate) if validation else None, data)

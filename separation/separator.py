@@ -1,7 +1,8 @@
 """Shipped separators and ``walloc-audio separate``: stems from a ``.wlc`` without decoding the mixture.
 
 A separator is one safetensors file in ``walloc_audio/models/separators/``
-(or a folder of ``WALLOC_AUDIO_SEPARATORS``): the latent masker's weights, and
+(or in ``separators/`` of a ``WALLOC_AUDIO_MODELS`` folder, or a folder of
+``WALLOC_AUDIO_SEPARATORS``): the latent masker's weights, and
 in the file's metadata what builds it and the codec it was trained on (name and
 weights sha256). It only ever runs on latents of that codec: a ``.wlc`` of
 another codec, or a separator whose metadata does not match its weights, is
@@ -31,20 +32,15 @@ from typing import Callable, Iterator
 import numpy as np
 
 from walloc_audio.errors import ModelError, WallocError
-from walloc_audio.pretrained import PACKAGE_MODELS, LoadedModel, load_model
+from walloc_audio.pretrained import (PACKAGE_MODELS, SEPARATORS, LoadedModel, list_separators, load_model,
+                                    safetensors_metadata, separator_folders)
 
 from .data import STEMS
 
 SEPARATOR_FORMAT = "walloc-separator"
 SEPARATOR_VERSION = 1
-PACKAGE_SEPARATORS = PACKAGE_MODELS / "separators"
+PACKAGE_SEPARATORS = PACKAGE_MODELS / SEPARATORS
 DEFAULT_SEPARATOR = "tdcn-stereo-5x-linear"
-MAX_METADATA = 1 << 16
-
-
-def separator_path() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("WALLOC_AUDIO_SEPARATORS", "").split(os.pathsep) if p]
-    return extra + [PACKAGE_SEPARATORS]
 
 
 def save_separator(path: str | os.PathLike, net, codec: LoadedModel, extra: dict | None = None) -> None:
@@ -67,15 +63,16 @@ class Separator:
 
 
 def find_separator(name: str) -> Path:
+    """A separator file by name (the first registry folder that has it) or by path."""
     if os.sep in name or name.endswith(".safetensors"):
         return Path(name)
     if not name or name.startswith("."):
         raise ModelError(f"invalid separator name {name!r}")
-    for folder in separator_path():
+    for folder in separator_folders():
         if (folder / f"{name}.safetensors").is_file():
             return folder / f"{name}.safetensors"
-    known = sorted({p.stem for f in separator_path() if f.is_dir() for p in f.glob("*.safetensors")})
-    raise ModelError(f"separator {name!r} is not installed (installed: {', '.join(known) or 'none'})")
+    known = ", ".join(sorted(s["name"] for s in list_separators())) or "none"
+    raise ModelError(f"separator {name!r} is not installed (installed: {known})")
 
 
 def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
@@ -87,12 +84,7 @@ def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
 
     path = find_separator(name)
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= MAX_METADATA:
-                raise ValueError("header size out of bounds")
-            header = json.loads(f.read(n))
-        meta = header.get("__metadata__") or {}
+        meta = safetensors_metadata(path)
         if meta.get("format") != SEPARATOR_FORMAT or meta.get("version") != str(SEPARATOR_VERSION):
             raise ValueError(f"not a version-{SEPARATOR_VERSION} {SEPARATOR_FORMAT} file")
         config = json.loads(meta["net"])

@@ -365,6 +365,23 @@ def models():
                   "-" if v.get("visqol") is None else f"{v['visqol']:.2f}",
                   m.get("kind", "?"))
     _print_table(t)
+    from .pretrained import list_separators
+
+    seps = list_separators()
+    if seps:
+        t = Table(title="installed separators (walloc-audio separate)",
+                  caption="test SDR: museval, local MUSDB-style set (not comparable to MUSDB18); docs/separation.md")
+        for col in ("name", "codec", "test SDR", "trained", "weights"):
+            t.add_column(col, no_wrap=col == "name")
+        for sp in seps:
+            e = sp["extra"]
+            test = (e.get("test") or {}).get("avg", {}).get("SDR")
+            tr = e.get("training") or {}
+            trained = (f"{tr['train_seconds'] / 60:.0f} min, {tr.get('steps', '?')} steps"
+                       if tr.get("train_seconds") else "-")
+            t.add_row(sp["name"], str(sp["codec"]), "-" if test is None else f"{test:.2f} dB", trained,
+                      f"{sp['bytes'] / 1e6:.2f} MB")
+        _print_table(t)
 
 
 @app.command("eval")

@@ -138,6 +138,42 @@ def list_models() -> list[dict]:
     return list(seen.values())
 
 
+SEPARATORS = "separators"  # subfolder of a registry folder holding separator files (separation.separator)
+MAX_SAFETENSORS_HEADER = 1 << 20
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict:
+    """The ``__metadata__`` strings of a safetensors file, read from its header alone (bounded, no torch)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= MAX_SAFETENSORS_HEADER:
+            raise ValueError(f"header size {n} out of bounds")
+        header = json.loads(f.read(n))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def separator_folders() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("WALLOC_AUDIO_SEPARATORS", "").split(os.pathsep) if p]
+    return extra + [folder / SEPARATORS for folder in search_path()]
+
+
+def list_separators() -> list[dict]:
+    """Installed separators: name, path, the codec they work on, and what their file says of them."""
+    seen: dict[str, dict] = {}
+    for folder in separator_folders():
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            try:
+                meta = safetensors_metadata(path)
+                extra = json.loads(meta.get("extra", "{}"))
+            except (OSError, ValueError):
+                continue
+            seen.setdefault(path.stem, {"name": path.stem, "path": str(path), "codec": meta.get("codec"),
+                                        "codec_sha256": meta.get("codec_sha256"), "extra": extra,
+                                        "bytes": path.stat().st_size})
+    return list(seen.values())
+
+
 def _find(name: str, folder: Path | None = None) -> Path:
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ModelError(f"invalid model name {name!r}")

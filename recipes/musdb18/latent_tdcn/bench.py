@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Training throughput, latent vs waveform, side by side in one process (separation.bench).
+"""Training throughput of every model, side by side in one process (separation.bench).
 
-    python bench.py --conf exp/TAG/conf.yml --exp exp/TAG [--set waveform.stride=256 ...]
+    python bench.py --conf exp/TAG/conf.yml --exp exp/TAG [--models latent,latent-float,umx] [--threads 1]
     python bench.py --conf conf.yml --synthetic --device cuda      # compute only, no data needed
 
-Prints examples/s per model (median of the rounds) and their ratio; --json writes them.
+Prints examples/s per model (median of the rounds) against the first; --json writes them.
+``latent`` against ``latent-float`` is what reading .wlc shards costs against the float16 cache.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import yaml
 
 from resolve_conf import apply_sets
 from separation.bench import training_throughput
-from separation.cache import open_cache
 from walloc_audio.pretrained import load_model
 
 
@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--conf", type=Path, required=True)
     ap.add_argument("--exp", type=Path, help="experiment folder holding cache/train (not needed with --synthetic)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--models", default="latent,waveform")
+    ap.add_argument("--models", default="latent,latent-float,umx",
+                    help="comma-separated kinds (latent, latent-float, umx, waveform)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--synthetic", action="store_true")
@@ -39,24 +40,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds = args.models.split(",")
+    if args.exp is None and not args.synthetic:
+        ap.error("--exp (with stage 1's wlc/ and cache/) is needed unless --synthetic")
     model = load_model(conf["codec"]["model"])
-    cache = None
-    if "latent" in kinds and not args.synthetic:
-        if args.exp is None:
-            ap.error("--exp (with cache/train from stage 1) is needed unless --synthetic")
-        cache = open_cache(args.exp / "cache" / "train", model)
-    out = training_throughput(conf, kinds, model=model, cache=cache, data_root=conf["data"]["root"],
-                              steps=args.steps, rounds=args.rounds, synthetic=args.synthetic, device=args.device)
-    wf = conf["waveform"]
+    out = training_throughput(conf, kinds, exp=args.exp, model=model, steps=args.steps, rounds=args.rounds,
+                              synthetic=args.synthetic, device=args.device)
     print(f"device {args.device}, {torch.get_num_threads()} threads, batch {conf['training']['batch_size']}, "
-          f"{conf['training']['segment_seconds']} s, {'synthetic' if args.synthetic else 'real'} data; "
-          f"waveform L={wf['kernel_size']} stride={wf['stride']}")
+          f"{conf['training']['segment_seconds']} s, {'synthetic' if args.synthetic else 'real'} data")
+    base = out[kinds[0]]["examples_per_second"]
     for kind in kinds:
         r = out[kind]
         rounds = " ".join(f"{v:.2f}" for v in r["rounds"])
-        print(f"{kind:9s} {r['examples_per_second']:8.2f} examples/s  (rounds {rounds}; {r['parameters']:,} params)")
-    if "ratio" in out:
-        print(f"latent / waveform: {out['ratio']:.2f}x")
+        print(f"{kind:13s} {r['examples_per_second']:8.2f} examples/s  {base / r['examples_per_second']:5.2f}x "
+              f"slower than {kinds[0]}  (rounds {rounds}; {r['parameters']:,} params)")
     if args.json:
         args.json.write_text(json.dumps({"conf": conf, "device": args.device, **out}, indent=2) + "\n")
 

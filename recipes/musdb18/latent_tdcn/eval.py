@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from separation.data import STEMS, open_musdb
 from separation.evaluate import DISCLAIMER, aggregate, score_estimates, score_track, waveform_separate
 from separation.models import WallocFrontEnd
+from separation.runs import network_and_loss
 from separation.separator import ChunkedMasker
 from separation.shards import iter_tracks, open_sources
 from separation.train import make_network
@@ -59,11 +60,9 @@ def setup(conf: dict, exp: Path, kind: str, threads: int | None = None) -> None:
         _state["estimate"] = lambda track: {s: track.audio / len(STEMS) for s in STEMS}
         return
     if kind == "umx":
-        from separation.umx import UMXBaseline
-
-        u = conf["umx"]
-        net = UMXBaseline(hidden_size=u["hidden_size"], nb_layers=u["nb_layers"], bandwidth_hz=u["bandwidth_hz"])
+        net, _ = network_and_loss(kind, conf, None)
         net.load_state_dict(_weights(exp, kind))
+        u = conf["umx"]
         sep = net.separator(u.get("niter", 1))
 
         def run(mix: np.ndarray) -> dict:
