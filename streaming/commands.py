@@ -81,7 +81,7 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     """Microphone -> encoder -> file / network / stdout (and optionally -> decoder -> speaker)."""
     from walloc_audio.compress import check_rate
 
-    from .transport_udp import PREFIX as DATAGRAM_PREFIX
+    from .transport_udp import PACKET_FRAMING_BYTES, PREFIX as DATAGRAM_PREFIX
     from .live import AudioInput, AudioOutput
     from .panel import LivePanel
 
@@ -93,8 +93,10 @@ def run_stream(model_name: Optional[str], out: Optional[str], send: Optional[str
     quality, kbps, warning = check_rate(model, quality, kbps, frames_per_packet)
     if warning and warn:
         warn(warning)
-    # --bitrate counts what goes on the wire: packet framing, plus the datagram prefix over UDP.
-    framing = PACKET_HEADER_BYTES + (DATAGRAM_PREFIX.size if send and send.startswith("udp:") else 0)
+    # --bitrate counts what goes on the wire: packet framing (6 bytes over UDP, 14 in files and over TCP),
+    # plus the datagram prefix over UDP.
+    udp = bool(send and send.startswith("udp:"))
+    framing = PACKET_FRAMING_BYTES + DATAGRAM_PREFIX.size if udp else PACKET_HEADER_BYTES
     enc = StreamEncoder(model, frames_per_packet, quality=quality, kbps=kbps, framing_bytes=framing)
     stats = {"packets": 0, "bytes": 0, "samples": 0}
     with contextlib.ExitStack() as stack:

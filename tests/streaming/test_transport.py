@@ -14,7 +14,8 @@ import pytest
 
 from streaming.transport import Endpoint, TransportError, open_receiver, open_sender, parse_url
 from streaming.transport_jitter import JitterBuffer
-from streaming.transport_udp import END, HEADER, PACKETS, pack_datagram
+from streaming.transport_udp import (END, HEADER, NEXT_SEQUENCE, PACKETS, PREFIX, compact_packet, pack_datagram,
+                                     unpack_compact)
 from walloc_audio.bitstream import (BitstreamReader, Packet, StreamHeader, header_bytes, pack_end, pack_packet)
 from walloc_audio.errors import BitstreamError
 
@@ -210,8 +211,10 @@ def test_udp_lossy_network():
         shim.settimeout(2)
         send_all(f"udp://127.0.0.1:{shim.getsockname()[1]}", packets, end)
         grams = [shim.recv(2048) for _ in range(1 + n + 3)]
-    header, by_seq, ends = grams[0], {int.from_bytes(g[14:18], "little"): g for g in grams[1:-3]}, grams[-3:]
-    assert header[5] == HEADER and {g[5] for g in by_seq.values()} == {PACKETS} and ends[0][5] == END
+    # Compact framing: kind in the low nibble of byte 2, the sequence number's low 16 bits at byte 7.
+    header, by_seq, ends = grams[0], {int.from_bytes(g[7:9], "little"): g for g in grams[1:-3]}, grams[-3:]
+    assert header[2] & 0xF == HEADER and {g[2] & 0xF for g in by_seq.values()} == {PACKETS}
+    assert ends[0][2] & 0xF == END
     order = [s for s in range(n) if s not in dropped and s != held]
     for s in swaps:
         i = order.index(s)
@@ -253,28 +256,34 @@ def test_udp_hostile_peers_are_counted_and_ignored():
     rng = np.random.default_rng(7)
     packets, end = make_stream(30, max_payload=300)
     session, other = 0x1234, 0x5678
-    good = pack_packet(5, 2, b"x" * 50)
+    good = compact_packet(pack_packet(5, 2, b"x" * 50), 2)
     corrupt = bytearray(good)
     corrupt[-1] ^= 1
-    absurd = (0xFFFFFFF0).to_bytes(4, "little") + good[4:]
-    short = (500).to_bytes(4, "little") + good[4:]
-    too_many_frames = pack_packet(5, 3, b"x")
-    wrong_header = header_bytes(StreamHeader(**{**HEADER_.__dict__, "J": 6}))
+    absurd = good[:2] + (0xFFF | 2 << 12).to_bytes(2, "little") + good[4:]
+    short = good[:2] + (500 | 2 << 12).to_bytes(2, "little") + good[4:]
+    too_many_frames = compact_packet(pack_packet(5, 3, b"x"), 2)
+    wrong_seq = compact_packet(pack_packet(5 + 40000, 2, b"x" * 50), 2)  # outside the window: CRC rejects it
+    wrong_header = NEXT_SEQUENCE.pack(0) + header_bytes(StreamHeader(**{**HEADER_.__dict__, "J": 6}))
     garbage = [rng.bytes(int(rng.integers(0, 1200))) for _ in range(20)] + [
         pack_datagram(PACKETS, session, bytes(corrupt)), pack_datagram(PACKETS, session, absurd),
         pack_datagram(PACKETS, session, short), pack_datagram(PACKETS, session, too_many_frames),
         pack_datagram(PACKETS, session, good + b"\x00"), pack_datagram(PACKETS, session, b""),
-        pack_datagram(PACKETS, session, pack_end(5, 1, 1)), pack_datagram(END, session, good),
-        pack_datagram(9, session, good), b"WLCU\x02" + pack_datagram(PACKETS, session, good)[5:], b"WLCU\x01",
+        pack_datagram(PACKETS, session, wrong_seq),
+        pack_datagram(PACKETS, session, compact_packet(pack_end(5, 1, 1), 2)),
+        pack_datagram(END, session, pack_packet(5, 2, b"x" * 50)),
+        pack_datagram(9, session, good), b"WU\x12" + pack_datagram(PACKETS, session, good)[3:], b"WU\x21",
+        b"WLCU\x01\x01" + bytes(4) + pack_packet(5, 2, b"x" * 50),  # a version-1 datagram
         pack_datagram(HEADER, session, wrong_header), pack_datagram(HEADER, session, b"not a header"),
+        pack_datagram(HEADER, session, b"\x00"),
     ]
     oversize = [pack_datagram(PACKETS, session, good + bytes(1500)), rng.bytes(1500), rng.bytes(5000)]
-    strangers = [pack_datagram(HEADER, other, header_bytes(HEADER_))] + [
-        pack_datagram(PACKETS, other, packets[i]) for i in range(3)] + [pack_datagram(END, other, end)]
+    strangers = [pack_datagram(HEADER, other, NEXT_SEQUENCE.pack(0) + header_bytes(HEADER_))] + [
+        pack_datagram(PACKETS, other, compact_packet(packets[i], 2)) for i in range(3)] + [
+        pack_datagram(END, other, end)]
     events = []
     with open_receiver("udp://:0", timeout=5, max_wait=0.3) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as evil:
-        evil.sendto(pack_datagram(PACKETS, session, packets[0]), rx.address)  # before any header
+        evil.sendto(pack_datagram(PACKETS, session, compact_packet(packets[0], 2)), rx.address)  # before any header
         evil.sendto(rng.bytes(64), rx.address)
         with open_sender(f"udp://127.0.0.1:{rx.port}", HEADER_, session=session) as tx:
             assert rx.next_event(timeout=2) == ("header", HEADER_)  # locked onto our session
@@ -296,7 +305,9 @@ def test_udp_hostile_peers_are_counted_and_ignored():
 def test_udp_far_ahead_sequence_numbers_resync_with_bounded_state():
     seqs = [0] + list(range(10**6, 10**6 + 1001))
     with open_receiver("udp://:0", timeout=5, max_wait=0.05) as rx:
-        with open_sender(f"udp://127.0.0.1:{rx.port}", HEADER_) as tx:
+        # A jump beyond the 16-bit window is only understood at a header repeat (it carries the
+        # full next sequence number): here one before every datagram.
+        with open_sender(f"udp://127.0.0.1:{rx.port}", HEADER_, header_interval=0.0) as tx:
             events = []
             for i, s in enumerate(seqs):
                 tx.send(pack_packet(s, 1, b"p"))
@@ -363,3 +374,20 @@ def test_jitter_buffer_stays_bounded_under_random_sequence_numbers():
         assert len(jb.buf) <= jb.capacity and len(jb.events) <= 2 * jb.capacity + 1
         assert len(jb._recent) == len(jb._recent_set) <= jb.window
         jb.events.clear()
+
+
+def test_compact_framing_is_six_bytes_and_rebuilds_sequence_numbers():
+    assert PREFIX.size == 7
+    full = pack_packet(70000, 2, b"payload")
+    c = compact_packet(full, 2)
+    assert len(c) == len(full) - 8 == 6 + 7  # 6 bytes of framing instead of 14
+    for anchor in (70000, 69990, 70000 + 32767, 70000 - 32767):  # the window: anchor - 32768 .. anchor + 32767
+        packet, end = unpack_compact(c, 0, HEADER_, anchor)
+        assert (packet.sequence, packet.frames, packet.payload, end) == (70000, 2, b"payload", len(c))
+    with pytest.raises(BitstreamError, match="CRC"):
+        unpack_compact(c, 0, HEADER_, 70000 + 40000)  # too far: a wrong guess is never delivered
+    one = compact_packet(pack_packet(3, 1, b"ab"), 2)  # a short last packet says its frame count
+    assert unpack_compact(one, 0, HEADER_, 0)[0].frames == 1
+    big = StreamHeader(**{**HEADER_.__dict__, "frames_per_packet": 64})
+    odd = compact_packet(pack_packet(9, 40, b"z"), 64)  # frames >= 15: an explicit u16
+    assert len(odd) == 6 + 2 + 1 and unpack_compact(odd, 0, big, 9)[0].frames == 40
