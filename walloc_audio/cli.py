@@ -398,6 +398,10 @@ def evaluate(
     out_dir: Path = typer.Option(Path("eval-out"), "--out", "-o",
                                  help="folder for results.{json,md}, rd.png, spectrogram.png"),
     opus: bool = typer.Option(True, "--opus/--no-opus", help="measure the Opus baseline (needs ffmpeg with libopus)"),
+    reference: bool = typer.Option(True, "--reference/--no-reference",
+                                   help="measure the reference WaLLoC scheme (8-bit compander + lossless WebP)"),
+    reference_sigmas: str = typer.Option("0.25,0.5,1,2", "--reference-sigmas",
+                                         help="the reference scheme's compander spreads (its rate points)"),
     spectrogram_model: Optional[str] = typer.Option(None, "--spectrogram-model", help="model shown in spectrogram.png"),
     visqol: bool = typer.Option(False, "--visqol/--no-visqol",
                                 help="also score ViSQOL v3 (audio mode; ~1 CPU-s per second of excerpt)"),
@@ -418,6 +422,7 @@ def evaluate(
     rates = parse_numbers(bitrates, "--bitrates", 1.0, 1000.0) if bitrates.strip() else []
     levels = parse_numbers(gains, "--gains", -90.0, 0.0)
     kbps = parse_numbers(opus_kbps, "--opus-kbps", 6.0, 510.0) if opus else []
+    sigmas = parse_numbers(reference_sigmas, "--reference-sigmas", 0.01, 100.0) if reference else []
     log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
     if visqol and not (1.0 <= visqol_seconds <= 600.0):
         raise UsageError("--visqol-seconds must be 1..600")
@@ -425,10 +430,11 @@ def evaluate(
         raise UsageError("--jobs must be 1..256")
     result = evaluate_paths(paths, names, scales, kbps, seconds, opus, spectrogram_model, out_dir, log,
                             qualities=quals, gains=levels, bitrates=rates,
-                            visqol_seconds=visqol_seconds if visqol else None, jobs=jobs)
+                            visqol_seconds=visqol_seconds if visqol else None, jobs=jobs, reference_sigmas=sigmas)
     headers, rows = table_rows(result, TERMINAL_KEYS)
     t = Table(title=f"walloc-audio eval: {summary_line(result)}", box=box.SIMPLE_HEAD, padding=(0, 1),
-              caption=f"dB except mel (a distance); Δ: vs Opus at the same kbps; all columns in "
+              caption=f"dB except mel (a distance); Δ: vs Opus at the same kbps; ÷ref: kbps over the reference "
+                      f"scheme's at the same PSNR-paper; all columns in "
                       f"{result['outputs']['results.md']}")
     for h in headers:
         t.add_column(h, no_wrap=True, justify="left" if h == "point" else "right")

@@ -366,6 +366,19 @@ def run_opus(track: Track, kbps: float, workdir: str) -> Coded:
     return Coded(np.ascontiguousarray(y.T), os.path.getsize(opus), t1 - t0, t2 - t1)
 
 
+REFERENCE_MODEL = "stereo-5x-linear"  # whose linear analysis the reference scheme codes
+REFERENCE_SIGMAS = (0.25, 0.5, 1.0, 2.0)
+
+
+def run_reference(track: Track, model: LoadedModel, sigma: float) -> Coded:
+    """The reference WaLLoC scheme (per-clip normalisation, 8-bit compander, lossless WebP) on the
+    linear analysis of ``model``; see :mod:`walloc_audio.reference_scheme`."""
+    from . import reference_scheme
+
+    c = reference_scheme.code(track.read(), model.runtime, sigma)
+    return Coded(c.y, c.bytes, c.encode_s, c.decode_s)
+
+
 def flac_bytes(track: Track, workdir: str) -> int:
     """Size of the track as 16-bit FLAC (the lossless reference)."""
     path = os.path.join(workdir, "point.flac")
@@ -457,6 +470,22 @@ class _Point:
         }
 
 
+def compare_with_reference(points: list[dict]) -> None:
+    """Add ``rate_vs_reference``: a codec point's kbps over the reference scheme's at the same
+    paper-convention PSNR (its curve interpolated linearly in PSNR; None outside it)."""
+    for p in points:
+        if p["kind"] != "walloc":
+            continue
+        ref = sorted(((o["psnr_paper_db"], o["kbps"]) for o in points if o["kind"] == "reference"
+                      and o.get("gain_db", 0.0) == p.get("gain_db", 0.0) and o.get("psnr_paper_db") is not None
+                      and o.get("kbps")))
+        v = p.get("psnr_paper_db")
+        if len(ref) >= 2 and v is not None and ref[0][0] <= v <= ref[-1][0] and p.get("kbps"):
+            p["rate_vs_reference"] = _json_number(p["kbps"] / float(np.interp(v, *zip(*ref))), 3)
+        else:
+            p["rate_vs_reference"] = None
+
+
 def compare_with_opus(points: list[dict]) -> None:
     """Add ``delta_snr_vs_opus_db`` / ``delta_psnr_paper_vs_opus_db`` to each codec point.
 
@@ -479,7 +508,7 @@ def compare_with_opus(points: list[dict]) -> None:
                 p[delta] = None
 
 
-_KIND_ORDER = {"walloc": 0, "opus": 1, "flac": 2}
+_KIND_ORDER = {"walloc": 0, "reference": 1, "opus": 2, "flac": 3}
 
 
 def sort_points(points: list[dict]) -> list[dict]:
@@ -518,7 +547,7 @@ def _load_models(names: Sequence[str] | None) -> list[LoadedModel]:
 def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Sequence[float],
              opus_kbps: Sequence[float], seconds: float | None, opus: bool, qualities: Sequence[float] = (),
              gains: Sequence[float] = (0.0,), bitrates: Sequence[float] = (),
-             visqol_seconds: float | None = None, jobs: int = 1) -> str:
+             visqol_seconds: float | None = None, jobs: int = 1, reference_sigmas: Sequence[float] = ()) -> str:
     """A command line that reproduces this run."""
     args = ["walloc-audio", "eval", *paths, "--models", ",".join(m.name for m in models)]
     for option, values in (("--qualities", qualities), ("--bitrates", bitrates), ("--step-scales", step_scales)):
@@ -527,6 +556,8 @@ def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Seque
     args += ["--opus-kbps", ",".join(f"{k:g}" for k in opus_kbps)] if opus else ["--no-opus"]
     args += ["--seconds", f"{seconds:g}"] if seconds is not None else []
     args += ["--visqol", "--visqol-seconds", f"{visqol_seconds:g}", "--jobs", str(jobs)] if visqol_seconds else []
+    args += (["--reference-sigmas", ",".join(f"{v:g}" for v in reference_sigmas)] if reference_sigmas
+             else ["--no-reference"])
     return shlex.join(args)
 
 
@@ -546,8 +577,14 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                    opus_kbps: Sequence[float] = OPUS_KBPS, seconds: float | None = None, opus: bool = True,
                    spectrogram_model: str | None = None, out_dir: str | os.PathLike | None = "eval-out",
                    log: Log | None = None, qualities: Sequence[float] = (5.0,), gains: Sequence[float] = (0.0,),
-                   bitrates: Sequence[float] = (), visqol_seconds: float | None = None, jobs: int = 1) -> dict:
-    """Evaluate models (and Opus, FLAC) on the audio under ``paths``; write reports to ``out_dir``.
+                   bitrates: Sequence[float] = (), visqol_seconds: float | None = None, jobs: int = 1,
+                   reference_sigmas: Sequence[float] = ()) -> dict:
+    """Evaluate models (and Opus, FLAC, the reference scheme) on the audio under ``paths``; write reports
+    to ``out_dir``.
+
+    ``reference_sigmas``: points of the reference WaLLoC scheme (:func:`run_reference`) at these
+    compander spreads, on ``stereo-5x-linear``'s latents; each model point then carries its rate
+    relative to that curve at equal paper-convention PSNR (``rate_vs_reference``).
 
     ``visqol_seconds``: also score ViSQOL (audio mode) on that long an excerpt of each track, in
     ``jobs`` worker processes (:mod:`walloc_audio.visqol`).
@@ -571,6 +608,13 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
     if visqol_seconds and not visqol.available():
         notes.append("ViSQOL skipped: visqol-python is not installed (pip install 'walloc-audio[train]')")
         visqol_seconds = None
+    ref_model = None
+    if reference_sigmas:
+        ref_model = next((m for m in loaded if m.name == REFERENCE_MODEL), None)
+        try:
+            ref_model = ref_model or load_model(REFERENCE_MODEL)
+        except WallocError as exc:
+            notes.append(f"reference scheme skipped: {exc}")
     t_start = time.perf_counter()
     scorer = visqol.Scorer(visqol_seconds, jobs) if visqol_seconds else None
     vq = (lambda x, y: scorer.submit(x, y, rate)) if scorer else (lambda x, y: None)
@@ -603,6 +647,17 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                         _progress(log, f"{model.name} {setting.label}{at}", i, len(tracks), track, metrics,
                                   8 * coded.bytes / track.seconds / 1000)
                     points.append(acc.result(len(tracks)))
+            for sigma in reference_sigmas if ref_model is not None else ():
+                rc = ref_model.config
+                acc = _Point("reference", "reference (PCA + WebP)", setting=f"σ{sigma:g}", gain_db=gain,
+                             latent_dim=rc.latent_dim, frame=rc.frame, dimension_reduction=rc.dimension_reduction)
+                for i, track in enumerate(gtracks):
+                    x, coded = track.read(), run_reference(track, ref_model, sigma)
+                    metrics = track_metrics(x, _fit_length(coded.y, track.samples), rate)
+                    acc.add(track, coded, metrics, vq(x, _fit_length(coded.y, track.samples)))
+                    _progress(log, f"reference σ{sigma:g}{at}", i, len(tracks), track, metrics,
+                              8 * coded.bytes / track.seconds / 1000)
+                points.append(acc.result(len(tracks)))
             for kbps in opus_kbps if opus else ():
                 acc = _Point("opus", "opus", setting=f"{kbps:g}k", gain_db=gain)
                 for i, track in enumerate(gtracks):
@@ -619,13 +674,14 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
             acc.add(track, Coded(np.empty((2, 0)), flac_bytes(track, work), 0.0, 0.0), None)
         points.append(acc.result(len(tracks)))
     compare_with_opus(points)
+    compare_with_reference(points)
     for p in points:
         if p.get("visqol_skipped"):
             notes.append(f"ViSQOL: {p['visqol_tracks']} of {p['tracks']} tracks scored for {point_label(p)}; "
                          f"skipped: {'; '.join(p['visqol_skipped'])}")
     result = {
         "command": _command(paths, loaded, step_scales, opus_kbps, seconds, opus, qualities, gains, bitrates,
-                            visqol_seconds, jobs),
+                            visqol_seconds, jobs, reference_sigmas if ref_model is not None else ()),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "tracks": [{"path": t.path, "seconds": round(t.seconds, 3)} for t in tracks],
@@ -653,19 +709,20 @@ COLUMNS = [  # (header, key, format)
     ("ΔSNR vs Opus", "delta_snr_vs_opus_db", "{:+.2f}"),
     ("ΔPSNR-paper vs Opus", "delta_psnr_paper_vs_opus_db", "{:+.2f}"),
     ("ΔViSQOL vs Opus", "delta_visqol_vs_opus", "{:+.2f}"),
+    ("kbps ÷ reference at equal PSNR-paper", "rate_vs_reference", "{:.2f}"),
 ]
 
 
 POINT = [("point", "point", "{}")]
 TERMINAL_KEYS = ("point", "kbps", "snr_db", "psnr_paper_db", "mel_distance", "visqol", "delta_snr_vs_opus_db",
-                 "delta_psnr_paper_vs_opus_db", "delta_visqol_vs_opus")
+                 "delta_psnr_paper_vs_opus_db", "delta_visqol_vs_opus", "rate_vs_reference")
 _SHORT = {"SNR set": "SNR", "PSNR paper": "PSNR-p", "ΔSNR vs Opus": "ΔSNR", "ΔPSNR-paper vs Opus": "ΔPSNR-p",
-          "ΔViSQOL vs Opus": "ΔViSQOL"}
+          "ΔViSQOL vs Opus": "ΔViSQOL", "kbps ÷ reference at equal PSNR-paper": "÷ref"}
 
 
 def point_label(p: dict) -> str:
     """``stereo-5x Q5``, ``stereo-5x v1 x1.5``, ``opus 32k @-20 dB``, ``flac 16-bit``: one short name per point."""
-    label = p["model"] + (f" {p['setting']}" if p.get("setting") and p["kind"] == "walloc" else "")
+    label = p["model"] + (f" {p['setting']}" if p.get("setting") and p["kind"] in ("walloc", "reference") else "")
     gain = p.get("gain_db") or 0.0
     return label + (f" @{gain:+g} dB" if gain else "")
 

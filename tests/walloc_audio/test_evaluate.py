@@ -144,6 +144,11 @@ def test_eval_on_a_small_folder(tmp_path, capsys):
     assert codec[0]["dimension_reduction"] == pytest.approx(4.741, abs=0.01)
     flac = [p for p in result["points"] if p["kind"] == "flac"]
     assert len(flac) == 1 and flac[0]["kbps"] > codec[0]["kbps"]
+    # The reference scheme (compander + WebP on the same PCA latents) is in by default, four spreads.
+    reference = [p for p in result["points"] if p["kind"] == "reference"]
+    assert [p["setting"] for p in reference] == ["σ2", "σ1", "σ0.5", "σ0.25"]  # sorted by kbps
+    assert all(p["kbps"] > 0 and p["psnr_paper_db"] > 20 for p in reference)
+    assert "rate_vs_reference" in codec[0] and "--reference-sigmas" in result["command"]
     opus = [p for p in result["points"] if p["kind"] == "opus"]
     if has_libopus():
         assert len(opus) == 2
