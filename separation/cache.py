@@ -186,6 +186,19 @@ def _encode_track(track, rows: Sequence[str], fir: FrameFIR, model: LoadedModel,
 # ----------------------------------------------------------------------- build / open
 
 
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Move a finished build folder into place; an existing ``out_dir`` is set aside first and
+    removed only once the new one is there (shared by the latent cache and the .wlc shards)."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
 def build_cache(root, subset: str, model: LoadedModel, out_dir, *, stems: Sequence[str] = STEMS,
                 split: str | None = None, is_wav: bool | None = None, include_mixture: bool = False,
                 dtype: str = "float16", shard_frames: int = DEFAULT_SHARD_FRAMES,
@@ -255,14 +268,7 @@ def build_cache(root, subset: str, model: LoadedModel, out_dir, *, stems: Sequen
             "shards": shards, "tracks": entries,
         }
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

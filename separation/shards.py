@@ -156,6 +156,8 @@ def build_shards(root, subset: str, model: LoadedModel, out_dir, *, split: str |
     """
     import webdataset as wds
 
+    from .cache import publish
+
     if tracks_per_shard < 1:
         raise ValueError(f"tracks_per_shard must be >= 1, got {tracks_per_shard}")
     out_dir = Path(out_dir)
@@ -194,9 +196,7 @@ def build_shards(root, subset: str, model: LoadedModel, out_dir, *, split: str |
             index["shards"].append({"file": name, "tracks": names})
         index["pcm16_stem_bytes"] = pcm_bytes
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
