@@ -73,6 +73,7 @@ class _Clock:
 def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], Iterable], *, budget_seconds: float,
         eval_every: float, validate: Callable[[torch.nn.Module], dict], out_dir: Path, lr: float = 1e-3,
         clip: float = 5.0, clock: str = "cpu", device: str = "cpu", max_steps: int | None = None,
+        lr_patience: int = 0, lr_factor: float = 0.5, lr_min: float = 1e-5,
         log: Callable[[str], None] = print) -> dict:
     """Train ``model`` for ``budget_seconds`` of ``clock``; returns the run's figures.
 
@@ -83,6 +84,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], Iter
         out_dir: gets ``curve.json``, ``best.safetensors``, ``last.safetensors``, ``figures.json`` and
             ``resume.pt`` (optimiser state and counters): a rerun with the same ``out_dir``
             resumes from the last validation, so a longer budget continues a finished run.
+        lr_patience: with N > 0, the learning rate is multiplied by ``lr_factor`` (down to ``lr_min``)
+            after N validations in a row without a new best SDR (Open-Unmix's own schedule,
+            counted in validations rather than epochs); 0 keeps it constant.
     Ctrl-C (or SIGTERM) ends the run early at the next step, keeping everything written.
     """
     out_dir = Path(out_dir)
@@ -99,6 +103,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], Iter
     curve: list[dict] = []
     best = -math.inf
     steps = examples = epoch = 0
+    stale = 0  # validations since the last new best (the plateau schedule)
     trained = 0.0  # seconds of the budget clock spent training (validation excluded)
     wall0 = time.perf_counter()
     losses: list[float] = []
@@ -112,12 +117,13 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], Iter
         steps, examples, epoch, trained = int(state["steps"]), int(state["examples"]), int(state["epoch"]), \
             float(state["trained"])
         best = float(state["best"])
+        stale = int(state.get("stale", 0))
         curve = json.loads((out_dir / "curve.json").read_text())
         wall0 -= curve[-1]["wall_seconds"] if curve else 0.0
         log(f"resuming at step {steps} ({trained / 60:.1f} min trained)")
 
     def evaluate() -> None:
-        nonlocal best
+        nonlocal best, stale
         t = time.perf_counter()
         model.eval()
         with torch.no_grad():
@@ -126,17 +132,24 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches: Callable[[int], Iter
         row = {"train_seconds": round(trained, 1), "steps": steps, "examples": examples,
                "wall_seconds": round(time.perf_counter() - wall0, 1),
                "loss": float(np.mean(losses)) if losses else None, "val_sdr": v["sdr"], "val_stems": v["stems"],
-               "val_seconds": round(time.perf_counter() - t, 1)}
+               "val_seconds": round(time.perf_counter() - t, 1), "lr": opt.param_groups[0]["lr"]}
         losses.clear()
         curve.append(row)
         (out_dir / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
         state = {k: t_.detach().cpu().contiguous() for k, t_ in model.state_dict().items()}
         save_file(state, str(out_dir / "last.safetensors"))
         if v["sdr"] is not None and v["sdr"] > best:
-            best = v["sdr"]
+            best, stale = v["sdr"], 0
             save_file(state, str(out_dir / "best.safetensors"))
+        elif steps:
+            stale += 1
+            if lr_patience > 0 and stale >= lr_patience:
+                stale = 0
+                for group in opt.param_groups:
+                    group["lr"] = max(group["lr"] * lr_factor, lr_min)
+                log(f"no new best for {lr_patience} validations: learning rate {opt.param_groups[0]['lr']:.3g}")
         torch.save({"optimizer": opt.state_dict(), "steps": steps, "examples": examples, "epoch": epoch,
-                    "trained": trained, "best": best}, resume)
+                    "trained": trained, "best": best, "stale": stale}, resume)
         log(f"[{trained / 60:6.1f} min] step {steps} loss {row['loss'] if row['loss'] is not None else float('nan'):.4g}"
             f" val SDR {v['sdr'] if v['sdr'] is not None else float('nan'):.2f} dB ({row['val_seconds']:.0f} s)")
 

@@ -107,3 +107,25 @@ def test_fit_resumes_a_longer_run_where_it_stopped(tmp_path):
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert figures["steps"] == 15 and figures["examples"] == 60
     assert [r["steps"] for r in curve] == [0, 6, 15]
+
+
+def test_fit_halves_the_learning_rate_on_a_plateau_and_keeps_it_across_a_resume(tmp_path):
+    data = [(x, 2 * x) for x in torch.randn(4, 4, 3, 8)]
+    sdrs = iter([0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 2.0, 1.0, 1.0])  # best at the 2nd and 7th validation
+
+    def run(steps):
+        torch.manual_seed(0)
+        return fit(torch.nn.Conv1d(3, 3, 1), lambda m, x, y: torch.mean((m(x) - y) ** 2), lambda e: data,
+                   budget_seconds=60, eval_every=1e9, validate=lambda m: {"sdr": next(sdrs), "stems": {}},
+                   out_dir=tmp_path, lr=0.01, lr_patience=2, lr_factor=0.5, max_steps=steps, clock="wall",
+                   log=lambda s: None)
+
+    for steps in range(1, 9):  # one validation per run: each run resumes the last
+        run(steps)
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [r["val_sdr"] for r in curve] == [0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 2.0, 1.0, 1.0]
+    # Each row holds the rate its steps ran at. Two stale validations after the best at 1.0 halve it,
+    # two more halve it again; a new best resets the count; the resumed optimiser carries the rate.
+    assert [r["lr"] for r in curve] == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025, 0.0025])
+    state = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.00125)

@@ -44,6 +44,7 @@ def main() -> None:
     figures = fit(run.net, run.loss, run.batches, budget_seconds=tr["budget_minutes"] * 60,
                   eval_every=tr.get("eval_every_minutes", 10) * 60, validate=run.validate, out_dir=out, lr=tr["lr"],
                   clock=clock, device=args.device, max_steps=tr.get("max_steps"),
+                  lr_patience=tr.get("lr_patience", 0), lr_factor=tr.get("lr_factor", 0.5),
                   log=lambda s: print(f"{args.model}: {s}", flush=True))
     skips = getattr(run.data, "skips", None)
     figures.update(kind=args.model, threads=torch.get_num_threads(), device=args.device,
