@@ -16,7 +16,9 @@ LEAN_VENV := $(VENV_ROOT)/lean-$(shell cat $(LEAN_LOCK) requirements/pip.txt | s
 LEAN_BIN := $(LEAN_VENV)/bin
 LEAN_STAMP := $(LEAN_VENV)/.complete
 
-.PHONY: demo test setup system-deps venv install install-lean bench clean-venv
+REF_VENV := $(VENV_ROOT)/reference-$(shell cat requirements/reference.txt $(LOCK) | sha256sum | cut -c1-16)
+
+.PHONY: demo test setup system-deps venv install install-lean bench bench-reference clean-venv
 
 demo: install-lean
 	$(LEAN_BIN)/python -m walloc_audio.demo
@@ -27,6 +29,19 @@ test: install install-lean
 
 bench: install
 	$(BIN)/walloc-audio bench
+
+# Encoder speed beside the reference WaLLoC (walloc 1.2.1) in one process. The reference and
+# its image-side dependencies go into a side venv layered on the full one (its site folder,
+# .pth files included, so the editable walloc-audio too), never into it.
+$(REF_VENV)/.complete: | venv
+	rm -rf $(REF_VENV) && $(PYTHON) -m venv $(REF_VENV)
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(REF_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/full-venv.pth"
+	$(REF_VENV)/bin/pip install -q --no-deps -r requirements/reference.txt
+	touch $@
+
+bench-reference: install $(REF_VENV)/.complete
+	$(REF_VENV)/bin/python recipes/codec/bench_reference.py
 
 setup: install
 

@@ -167,6 +167,7 @@ class AdaptiveCoder:
         # Decoder speed-ups, exactly buckets() and the neighbour rows of entropy._activity.
         self._lut_cap = int(np.ceil(self.thresholds[-1])) + 1 if len(self.thresholds) else 1
         self._bucket_lut = self.buckets(np.arange(self._lut_cap + 1))
+        self._bucket_lut_from_minus1 = np.concatenate([[0], self._bucket_lut])  # feature -1 (no history): 0
         self._neigh = _neighbours(L)
 
     # -- helpers shared by encoder and decoder ------------------------------------------------
@@ -187,7 +188,7 @@ class AdaptiveCoder:
         """Channels that are coded (their band is not all zero) and their Laplace scales ``[La, F]``."""
         sc = self._channel_scale(pk.scales, self.edges(bands))
         active = sc > 0
-        b = self.buckets(context_features(pk.symbols))
+        b = self._bucket_lut_from_minus1[np.minimum(context_features(pk.symbols), self._lut_cap) + 1]  # = buckets()
         return active, self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]
 
     # -- coding -----------------------------------------------------------------------------

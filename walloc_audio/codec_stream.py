@@ -4,15 +4,16 @@
 and emits packets of ``F`` latent frames; :class:`PacketDecoder` turns packets
 back into PCM.
 
-Bit-identical packets whatever the block partition. The analysis is an FIR
-filter over frames (:mod:`walloc_audio.framefir`): the latents of a run of
+Bit-identical packets whatever the block partition. The analysis is linear and
+shift-invariant by frames (an FIR filter over frames, :mod:`walloc_audio.framefir`,
+computed by lifting steps, :mod:`walloc_audio.lifting`): the latents of a run of
 frames depend only on those frames of input and the ``M - 1`` frames before
 them. The encoder computes latents in *groups* of ``G`` packets at fixed
 positions of the stream (packets ``0..G-1``, ``G..2G-1``, ...), always with one
 call on exactly ``M - 1 + G*F`` frames, however the input arrived; the last
-group is zero-padded. Matrix libraries may round a row differently when the
-number of rows changes, so fixing the shape is what makes the bytes
-reproducible; quantization is an exactly rounded function of each latent
+group is zero-padded. Lifting is element-wise, and matrix libraries may round a
+row differently only when the shape of the product changes, so fixing the shape
+is what makes the bytes reproducible; quantization is an exactly rounded function of each latent
 (:mod:`walloc_audio.bottleneck`). Files use ``G = 4`` for throughput; a live
 stream uses ``G = 1`` so a packet leaves as soon as its frames are in. Bytes
 are identical for the same ``(F, G)``.
@@ -36,8 +37,7 @@ from .bitstream import PACKET_HEADER_BYTES
 from .errors import BitstreamError
 from .pretrained import LoadedModel
 from .ratecontrol import Q_DEFAULT, Q_RATE_MAX, Q_RATE_MIN, BitrateControl, LevelTracker, exponent_for
-from .runtime import Synthesis, fir_frames
-from .wavelets import frames_from_signal
+from .runtime import Synthesis
 
 
 class RateSpec:
@@ -89,7 +89,6 @@ class PacketEncoder:
         self.packet_samples = frames_per_packet * c.frame
         self.group_samples = group_packets * self.packet_samples
         self._runtime = model.runtime
-        self._taps = self._runtime.analysis_taps
         self.history_samples = self._runtime.history_frames * c.frame
         self.reset()
 
@@ -129,8 +128,7 @@ class PacketEncoder:
         """Encode one group ``[C, G*P]``; emit packets declaring ``frames[i]`` frames each."""
         stream = np.concatenate([self._history, span], axis=1)  # [C, H + G*P]
         self._history = stream[:, stream.shape[1] - self.history_samples :].copy()
-        buf = frames_from_signal(stream[None], self.config.frame)  # [M-1+G*F, 1, C*N]
-        y = fir_frames(buf, self._taps)[:, 0, :].T  # [L, G*F]
+        y = self._runtime.analysis_frames(stream)  # [L, G*F]: lifting tree, then the encoder
         if self.version == 1:
             q = self._runtime.quantizer.symbols(y)
         f = self.frames_per_packet

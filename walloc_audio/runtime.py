@@ -28,10 +28,13 @@ rounding of the decoder.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .config import CodecConfig
-from .wavelets import frames_from_signal, packet_filters, signal_from_frames
+from .lifting import band_scales, packet_lifting
+from .wavelets import freq_to_natural, packet_filters, signal_from_frames
 
 F32 = np.float32
 
@@ -216,10 +219,14 @@ class RuntimeCodec:
         f = packet_filters(c.J)
         p = c.frame
         enc = np.asarray(weights["encoder"], dtype=np.float64).reshape(-1, c.channels, p)  # [L, C, P]
-        m = f.analysis.shape[0]
-        # taps[j][c*N:(c+1)*N] = A[j] @ E[:, c*P:(c+1)*P].T  (float64, rounded once)
-        self.analysis_taps = np.ascontiguousarray(
-            np.einsum("mnp,lcp->mcnl", f.analysis, enc, optimize=True).reshape(m, c.channels * p, -1), dtype=F32)
+        self._encoder = enc
+        self.analysis_delay = f.analysis_delay
+        self._analysis_span = f.analysis.shape[0]
+        # The encoder of the lifting path: natural band order, the lifting's scalings folded in.
+        nat = freq_to_natural(c.J)
+        lifted = np.empty_like(enc)
+        lifted[:, :, nat] = enc * band_scales(c.J)[nat]
+        self.encoder_matrix = np.ascontiguousarray(lifted.reshape(enc.shape[0], -1), dtype=F32)  # [L, C*P]
         log_step = np.asarray(weights["bottleneck.log_step"], dtype=F32)
         if step_scale != 1.0:  # the torch model adds log(scale) to its float32 log step the same way
             log_step = log_step + F32(np.log(step_scale))
@@ -235,17 +242,41 @@ class RuntimeCodec:
         post = weights.get("post_filter")
         self.post_filter = None if post is None else np.ascontiguousarray(post, dtype=F32)  # [C, taps]
 
+    @functools.cached_property
+    def analysis_taps(self) -> np.ndarray:
+        """The fused FIR taps ``[M, C*N, L]`` of WPT analysis then the encoder (float64, rounded once).
+
+        ``taps[j][c*N:(c+1)*N] = A[j] @ E[:, c*P:(c+1)*P].T``. The encoder itself runs the lifting
+        path (:meth:`analysis_frames`); these taps are the same function, for checks and tools.
+        """
+        f = packet_filters(self.config.J)
+        m = f.analysis.shape[0]
+        return np.ascontiguousarray(np.einsum("mnp,lcp->mcnl", f.analysis, self._encoder, optimize=True)
+                                    .reshape(m, self.config.channels * self.config.frame, -1), dtype=F32)
+
     @property
     def history_frames(self) -> int:
         """Input frames before a run of frames that its latents depend on."""
-        return self.analysis_taps.shape[0] - 1
+        return self._analysis_span - 1
+
+    def analysis_frames(self, stream: np.ndarray) -> np.ndarray:
+        """Float latents ``[L, K]`` of the last ``K`` frames of ``stream`` ``[C, (history_frames + K) * N]``.
+
+        Packet tree by lifting (:mod:`walloc_audio.lifting`), then the 1x1 encoder: the
+        latents of those frames given the ``history_frames`` before them.
+        """
+        c = self.config
+        k = stream.shape[1] // c.frame - self.history_frames
+        assert k >= 0 and stream.shape[1] % c.frame == 0, f"bad stream length {stream.shape[1]}"
+        coef = packet_lifting(np.asarray(stream, dtype=F32), c.J)  # [C, P, history + K]
+        off = self.history_frames - self.analysis_delay
+        return self.encoder_matrix @ np.ascontiguousarray(coef[:, :, off : off + k]).reshape(-1, k)
 
     # -- whole-signal helpers (fresh state; the packet coder streams the same functions) ----------
     def analyze(self, x: np.ndarray) -> np.ndarray:
         """PCM ``[C, T]`` (``T`` a multiple of the frame) -> float latents ``[L, T / N]``."""
-        frames = frames_from_signal(np.asarray(x, dtype=F32)[None], self.config.frame)
-        hist = np.zeros((self.history_frames, 1, frames.shape[2]), dtype=F32)
-        return fir_frames(np.concatenate([hist, frames]), self.analysis_taps)[:, 0, :].T.copy()
+        x = np.asarray(x, dtype=F32)
+        return self.analysis_frames(np.pad(x, ((0, 0), (self.history_frames * self.config.frame, 0))))
 
     def synthesize(self, z: np.ndarray, gain: np.ndarray | None = None) -> np.ndarray:
         """Dequantized latents ``[L, K]`` -> PCM ``[C, K * N]`` delayed by ``delay_samples`` (fresh state)."""

@@ -244,3 +244,12 @@ def test_the_fit_sees_exactly_what_the_encoder_codes(linear):
         pk = ad.quantize(y[:, i * F : (i + 1) * F], int(e), 3)
         assert np.array_equal(q[:, i], pk.symbols) and np.array_equal(s[i], pk.scales)
         assert np.array_equal(b[:, i], ad.buckets(context_features(pk.symbols)))
+
+
+def test_the_bucket_lookup_tables_are_the_thresholds():
+    from walloc_audio.pretrained import load_model
+
+    ad = load_model("stereo-5x").adaptive
+    f = np.arange(-1, 4 * ad._lut_cap + 10)
+    assert np.array_equal(ad._bucket_lut_from_minus1[np.minimum(f, ad._lut_cap) + 1], ad.buckets(f))
+    assert np.array_equal(ad._bucket_lut[np.minimum(f[1:], ad._lut_cap)], ad.buckets(f[1:]))

@@ -1,0 +1,87 @@
+"""The lifting packet tree against the FIR transform and PyWavelets, and the encoder built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pywt
+
+from walloc_audio.audio import read_audio
+from walloc_audio.codec_stream import PacketEncoder
+from walloc_audio.demo import DEMO_CLIP
+from walloc_audio.lifting import band_scales, packet_lifting
+from walloc_audio.pretrained import load_model
+from walloc_audio.runtime import fir_frames
+from walloc_audio.wavelets import freq_to_natural, frames_from_signal, packet_filters
+
+
+@pytest.fixture(scope="module")
+def music_4s():
+    x, _ = read_audio(DEMO_CLIP)
+    return np.ascontiguousarray(x[:, : 9 * 64 * 256], dtype=np.float32)
+
+
+@pytest.mark.parametrize("J", [1, 3, 8])
+def test_lifting_is_the_pywavelets_packet_tree_away_from_the_edges(J):
+    rng = np.random.default_rng(J)
+    n = 64 * 2**J
+    x = rng.standard_normal(n)
+    coef = packet_lifting(x[None], J)[0] * band_scales(J)[:, None]  # [P natural, n / 2**J]
+    # PyWavelets' periodic tree equals the zero-extended one wherever the filters stay inside.
+    wp = pywt.WaveletPacket(x, "bior4.4", mode="periodization", maxlevel=J)
+    ref = np.stack([node.data for node in wp.get_level(J, order="natural")])
+    inner = slice(16, -16)
+    np.testing.assert_allclose(coef[:, inner], ref[:, inner], atol=1e-10)
+
+
+@pytest.mark.parametrize("J", [2, 8])
+def test_lifting_equals_the_causal_fir_at_its_delay(J):
+    f = packet_filters(J)
+    n, m = 2**J, f.analysis.shape[0]
+    x = np.random.default_rng(0).standard_normal((1, 30 * n))
+    fir = fir_frames(frames_from_signal(x[None], n), f.analysis)[:, 0, :].T  # [P freq, K]: history m - 1 frames
+    lifted = (packet_lifting(x, J)[0] * band_scales(J)[:, None])[freq_to_natural(J)]
+    off = m - 1 - f.analysis_delay
+    np.testing.assert_allclose(lifted[:, off : off + fir.shape[1]], fir, atol=1e-10)
+
+
+def test_float32_lifting_keeps_the_precision_of_the_fir():
+    m = load_model("stereo-5x-linear")
+    rt = m.runtime
+    rng = np.random.default_rng(1)
+    k = 40
+    stream = (0.3 * rng.standard_normal((2, (rt.history_frames + k) * 256))).astype(np.float32)
+    fir = fir_frames(frames_from_signal(stream[None], 256), rt.analysis_taps)[:, 0, :].T
+    exact = fir_frames(frames_from_signal(stream[None].astype(np.float64), 256),
+                       rt.analysis_taps.astype(np.float64))[:, 0, :].T
+    got = rt.analysis_frames(stream)
+    assert got.shape == fir.shape == (m.config.latent_dim, k) and got.dtype == np.float32
+    # Both float32 paths sit within float32 rounding of the float64 result.
+    scale = float(np.abs(exact).max())
+    assert np.abs(got - exact).max() < 2e-6 * scale
+    assert np.abs(fir - exact).max() < 2e-6 * scale
+
+
+def test_the_lifting_encoder_gives_the_fir_symbols(music_4s):
+    m = load_model("stereo-5x-linear")
+    rt = m.runtime
+    x = music_4s
+    hist = np.zeros((2, rt.history_frames * 256), dtype=np.float32)
+    stream = np.concatenate([hist, x], axis=1)
+    fir = fir_frames(frames_from_signal(stream[None], 256), rt.analysis_taps)[:, 0, :].T
+    q_fir, q = rt.quantizer.symbols(fir), rt.quantizer.symbols(rt.analysis_frames(stream))
+    assert (q == q_fir).mean() >= 0.9999 and np.abs(q - q_fir).max() <= 1
+
+
+def test_a_packet_depends_only_on_its_frames_and_the_history_before_them(music_4s):
+    """Lifting spoils nothing the encoder keeps: after M - 1 frames, a different past changes no byte."""
+    m = load_model("stereo-5x-linear")
+    p = 64 * 256
+    x = music_4s[:, : 8 * p]
+    y = x.copy()
+    y[:, : 4 * p] *= 0.5  # another first half; packet 4 still sees it through its history
+    a, b = PacketEncoder(m, 64, 1, version=1), PacketEncoder(m, 64, 1, version=1)
+    pa, pb = a.push(x), b.push(y)
+    assert len(pa) == len(pb) == 8
+    assert all(u != v for u, v in zip(pa[:5], pb[:5]))
+    assert pa[5:] == pb[5:]
