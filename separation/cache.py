@@ -54,7 +54,7 @@ import soundfile as sf
 import torch
 
 from walloc_audio import __version__
-from walloc_audio.framefir import FrameFIR
+from walloc_audio.tools.framefir import FrameFIR
 from walloc_audio.pretrained import LoadedModel
 from walloc_audio.wavelets import frames_from_signal
 

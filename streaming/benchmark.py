@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from walloc_audio.benchmark import _music
+from walloc_audio.tools.benchmark import _music
 from walloc_audio.pretrained import load_model
 
 from .processor import CodecProcessor, StreamDecoder, StreamEncoder

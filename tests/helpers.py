@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 
 from walloc_audio.entropy import ContextCoder, EntropyCoder, count_symbols, fit_context_model, fit_probabilities
-from walloc_audio.model import CodecConfig, WallocCodec
+from walloc_audio.config import CodecConfig
+from walloc_audio.tools.model import WallocCodec
 from walloc_audio.pretrained import LoadedModel
 
 

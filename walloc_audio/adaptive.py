@@ -20,7 +20,7 @@ the latents it is about to code, and entropy-coded in front of them:
   their level).
 
 The symbols themselves are ``q = round(compand(y / step))`` (the square-root
-compander of :mod:`walloc_audio.bottleneck`) clamped to ``[-A, A]``, coded frame
+compander of :mod:`walloc_audio.tools.bottleneck`) clamped to ``[-A, A]``, coded frame
 by frame with a quantized Laplace whose scale is read from a table indexed by
 channel, band scale and a context bucket (the magnitudes of earlier symbols of
 the same packet, :func:`walloc_audio.entropy.context_features`): the side

@@ -412,7 +412,9 @@ def evaluate(
     """Rate and quality of models on your music (real .wlc files), next to Opus and FLAC."""
     from rich import box
 
-    from .evaluate import TERMINAL_KEYS, evaluate_paths, parse_numbers, summary_line, table_rows
+    from walloc_audio.tools.evaluation.report import TERMINAL_KEYS, summary_line, table_rows
+
+    from walloc_audio.tools.evaluation.run import evaluate_paths, parse_numbers
 
     if seconds is not None and not seconds > 0:
         raise WallocError("--seconds must be > 0")
@@ -462,8 +464,8 @@ def train(
     import shutil
 
     from .pretrained import search_path
-    from .train import TrainConfig
-    from .train import run as run_training
+    from walloc_audio.tools.training.config import TrainConfig
+    from walloc_audio.tools.training.run import run as run_training
 
     cfg = TrainConfig.load(str(config) if config else None, sets)
     devs = int(devices) if devices.isdigit() else devices
@@ -486,7 +488,7 @@ def bench(
     """Throughput (1 thread and all threads), algorithmic latency and peak memory of every model."""
     import json
 
-    from .benchmark import bench_models
+    from walloc_audio.tools.benchmark import bench_models
     from .fsutil import atomic_output
     from .pretrained import list_models
 
@@ -633,7 +635,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TORCH_MODULES:
             raise
-        extra = "separation" if exc.name.split(".")[0] in ("asteroid", "musdb", "museval", "openunmix") else "train"
+        words = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")]
+        separating = bool(words) and words[0] == "separate"  # its extra brings torch as well
+        extra = "separation" if separating or exc.name.split(".")[0] in ("asteroid", "musdb", "museval", "openunmix") \
+            else "train"
         err.print(f"walloc-audio: error: this command needs {exc.name}, which the lean install leaves out: "
                   f"pip install 'walloc-audio[{extra}]'", highlight=False, markup=False, soft_wrap=True)
         return 1

@@ -5,7 +5,7 @@ and emits packets of ``F`` latent frames; :class:`PacketDecoder` turns packets
 back into PCM.
 
 Bit-identical packets whatever the block partition. The analysis is linear and
-shift-invariant by frames (an FIR filter over frames, :mod:`walloc_audio.framefir`,
+shift-invariant by frames (an FIR filter over frames, :mod:`walloc_audio.tools.framefir`,
 computed by lifting steps, :mod:`walloc_audio.lifting`): the latents of a run of
 frames depend only on those frames of input and the ``M - 1`` frames before
 them. The encoder computes latents in *groups* of ``G`` packets at fixed
@@ -14,7 +14,7 @@ call on exactly ``M - 1 + G*F`` frames, however the input arrived; the last
 group is zero-padded. Lifting is element-wise, and matrix libraries may round a
 row differently only when the shape of the product changes, so fixing the shape
 is what makes the bytes reproducible; quantization is an exactly rounded function of each latent
-(:mod:`walloc_audio.bottleneck`). Files use ``G = 4`` for throughput; a live
+(:mod:`walloc_audio.tools.bottleneck`). Files use ``G = 4`` for throughput; a live
 stream uses ``G = 1`` so a packet leaves as soon as its frames are in. Bytes
 are identical for the same ``(F, G)``.
 

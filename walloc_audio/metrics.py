@@ -1,4 +1,6 @@
-"""Signal figures every report uses (numpy only): SNR and the WaLLoC paper's PSNR.
+"""Signal figures every report uses (numpy only): SNR, SI-SDR, PSNR and the WaLLoC paper's PSNR.
+
+The one place these are computed (eval, training records, benchmarks, separation).
 
 An error-free decode has an infinite SNR (reports print it as such), a silent reference minus infinity."""
 
@@ -34,3 +36,26 @@ def paper_psnr(x: np.ndarray, y: np.ndarray) -> float:
     scale = 0.5 / max(np.abs(x - mean).max(), 1e-12)
     mse = np.mean(((y - mean) * scale - (x - mean) * scale) ** 2)
     return float(-10 * math.log10(max(mse, 1e-20)))
+
+
+def si_sdr_db(x: np.ndarray, y: np.ndarray) -> float:
+    """Scale-invariant SDR: per channel, zero-mean, ``y``'s best gain removed; mean over channels.
+
+    Silent reference channels have no defined SI-SDR and are left out (NaN if all are).
+    """
+    x, y = np.atleast_2d(np.asarray(x, np.float64)), np.atleast_2d(np.asarray(y, np.float64))
+    values = []
+    for xc, yc in zip(x, y):
+        xc, yc = xc - xc.mean(), yc - yc.mean()
+        ref = _energy(xc)
+        if ref <= 0:
+            continue
+        target = (np.dot(yc, xc) / ref) * xc
+        values.append(_ratio_db(_energy(target), _energy(yc - target)))
+    return float(np.mean(values)) if values else math.nan
+
+
+def psnr_db(x: np.ndarray, y: np.ndarray) -> float:
+    """PSNR at full scale 1.0 (samples in [-1, 1]): ``-10 log10(mean((y - x)^2))``."""
+    err = np.asarray(y, np.float64) - np.asarray(x, np.float64)
+    return _ratio_db(1.0, float(np.mean(np.square(err))))

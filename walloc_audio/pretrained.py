@@ -64,7 +64,7 @@ class LoadedModel:
 
     @classmethod
     def from_codec(cls, name: str, sha256: str, codec, coder, info: dict, **kw) -> "LoadedModel":
-        """Wrap a torch :class:`~walloc_audio.model.WallocCodec` (training, tests): its arrays become the runtime's."""
+        """Wrap a torch :class:`~walloc_audio.tools.model.WallocCodec` (training, tests): its arrays become the runtime's."""
         weights = {k: v.detach().cpu().numpy().copy() for k, v in codec.state_dict().items()}
         return cls(name, sha256, codec.config, weights, coder, info, _codec=codec, **kw)
 
@@ -83,7 +83,7 @@ class LoadedModel:
         if self._codec is None:
             import torch
 
-            from .model import WallocCodec
+            from walloc_audio.tools.model import WallocCodec
 
             codec = WallocCodec(self.config)
             codec.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.weights.items()}, strict=True)

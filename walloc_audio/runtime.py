@@ -11,7 +11,7 @@ turns those arrays into what the packet encoder and decoder
   evaluated incrementally by :class:`NetStream`) followed by WPT synthesis,
   and the optional post filter -- the decoder.
 
-The torch model (:class:`walloc_audio.model.WallocCodec`) loads the same file
+The torch model (:class:`walloc_audio.tools.model.WallocCodec`) loads the same file
 and computes the same functions; it is there for training and for learning on
 latents. The tests hold the two paths together (same symbols on all but a few
 latents whose value sits within float rounding of a bin edge; decoded audio
@@ -19,7 +19,7 @@ within 1e-5).
 
 Determinism: the fused taps are formed in float64 from the exact filters and
 rounded once to float32, and the compander uses only ``* / + - sqrt`` (see
-:mod:`walloc_audio.bottleneck`), so a symbol is a fixed function of its float32
+:mod:`walloc_audio.tools.bottleneck`), so a symbol is a fixed function of its float32
 latent. Latents come from BLAS matrix products, which are reproducible on one
 machine for one call shape (the encoder fixes the shape) but may round
 differently on another CPU; a file decodes the same everywhere up to float
@@ -45,7 +45,7 @@ def fir_frames(buf: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Filter ``buf`` = ``[M-1+K, B, D_in]`` (history then new frames) -> ``[K, B, D_out]``.
 
     ``y[k] = sum_j x[k - j] @ taps[j]``: ``M`` matrix products over zero-copy views of
-    the frame-major buffer, accumulated in place (see :mod:`walloc_audio.framefir`).
+    the frame-major buffer, accumulated in place (see :mod:`walloc_audio.tools.framefir`).
     """
     m, d_in, d_out = taps.shape
     k, b = buf.shape[0] - (m - 1), buf.shape[1]
@@ -88,7 +88,7 @@ class FrameFIR:
 # -- quantizer ----------------------------------------------------------------------------------
 
 class Quantizer:
-    """Per-channel step and square-root compander (the numpy twin of :class:`~walloc_audio.bottleneck.Bottleneck`).
+    """Per-channel step and square-root compander (the numpy twin of :class:`~walloc_audio.tools.bottleneck.Bottleneck`).
 
     Every operation is float32 with float32 constants, in the order the torch
     bottleneck uses, so both round the same latent to the same symbol.
@@ -337,7 +337,7 @@ def weight_shapes(config: CodecConfig) -> dict[str, tuple[int, ...]]:
     """Every array a model file must hold for ``config`` (entropy tables aside), by name and shape.
 
     The names are the torch state dict's, so one file serves both paths; a test
-    checks this against :class:`~walloc_audio.model.WallocCodec`.
+    checks this against :class:`~walloc_audio.tools.model.WallocCodec`.
     """
     c = config
     L, D = c.latent_dim, c.coefficients

@@ -25,7 +25,7 @@ so analysis followed by synthesis is a pure delay of ``D = (D_a + D_s) * N``
 samples. Processing whole frames at a time, the delay between a sample entering
 and the same sample leaving is at most ``latency_samples = D + N - 1``; an
 impulse test confirms it. Streaming, files and training crops all run through
-these two filters (:class:`~walloc_audio.framefir.FrameFIR`).
+these two filters (:class:`~walloc_audio.tools.framefir.FrameFIR`).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class PacketTransform:
     def __init__(self, levels: int, dtype=None):
         import torch  # training and analysis tooling only; the codec runtime filters in numpy
 
-        from .framefir import FrameFIR
+        from walloc_audio.tools.framefir import FrameFIR
 
         dtype = dtype or torch.float32
         self.filters = packet_filters(levels)

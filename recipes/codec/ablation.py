@@ -28,7 +28,9 @@ import torch
 
 from walloc_audio.entropy import ContextCoder, EntropyCoder
 from walloc_audio.pretrained import load_model
-from walloc_audio.train import TrainConfig, fit_entropy, list_tracks, load_tracks, measure
+from walloc_audio.tools.training.config import TrainConfig
+from walloc_audio.tools.training.data import list_tracks, load_tracks
+from walloc_audio.tools.training.export import fit_entropy, measure
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from walloc_audio import linear_fit as lf
+from walloc_audio.tools.training import linear_fit as lf
 from walloc_audio.entropy import EntropyCoder, fit_probabilities
-from walloc_audio.model import CodecConfig
+from walloc_audio.config import CodecConfig
 from walloc_audio.pretrained import PACKAGE_MODELS, save_model
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from walloc_audio.fit_adaptive import fit_codec_v2
-from walloc_audio.linear_fit import iter_clips, read_list
+from walloc_audio.tools.training.fit_adaptive import fit_codec_v2
+from walloc_audio.tools.training.linear_fit import iter_clips, read_list
 from walloc_audio.pretrained import PACKAGE_MODELS, list_models, load_model, save_adaptive
 
 

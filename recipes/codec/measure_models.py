@@ -4,7 +4,7 @@
 kbps (container framing included), bits/latent, SNR, PSNR (paper convention) and ViSQOL (audio
 mode, the middle ``--visqol-seconds`` of each excerpt) of the first
 ``--seconds`` of each validation track, encoded at the model's default bitstream and quality and
-decoded back (``walloc_audio.train.measure``, the function ``walloc-audio train`` uses at export).
+decoded back (``walloc_audio.tools.training.measure``, the function ``walloc-audio train`` uses at export).
 Writes ``validation`` into each ``NAME.json``; weights and their hashes are untouched.
 
     python recipes/codec/measure_models.py --data $WALLOC_DATA/music
@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from walloc_audio.linear_fit import iter_clips, read_list
+from walloc_audio.tools.training.linear_fit import iter_clips, read_list
 from walloc_audio.pretrained import PACKAGE_MODELS, list_models, load_model
 from walloc_audio.threads import set_threads
-from walloc_audio.train import measure
+from walloc_audio.tools.training.export import measure
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Separation training pieces (separation/train.py; named apart from tests/walloc_audio/test_train.py): the Asteroid losses behind ``training.loss``."""
+"""Separation training pieces (separation/train.py; named apart from tests/walloc_audio/tools/training/test_train.py): the Asteroid losses behind ``training.loss``."""
 
 from __future__ import annotations
 

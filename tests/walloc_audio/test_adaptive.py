@@ -232,7 +232,7 @@ def test_nonlinear_decoder_follows_the_level_and_streams_like_a_file(demo, tmp_p
 
 def test_the_fit_sees_exactly_what_the_encoder_codes(linear):
     from walloc_audio.entropy import context_features
-    from walloc_audio.fit_adaptive import packet_symbols
+    from walloc_audio.tools.training.fit_adaptive import packet_symbols
 
     ad = linear.adaptive
     rng = np.random.default_rng(3)

@@ -17,7 +17,7 @@ from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
 from walloc_audio.config import CodecConfig
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.errors import ModelError
-from walloc_audio.model import WallocCodec
+from walloc_audio.tools.model import WallocCodec
 from walloc_audio.pretrained import load_model
 from walloc_audio.runtime import weight_shapes
 
@@ -71,7 +71,7 @@ def test_a_v2_file_decodes_the_same_through_torch(music):
     with torch.no_grad():
         coef = codec.decoder(torch.from_numpy(z)[None], torch.from_numpy(g)[None, None])  # [1, C*P, K]
         frames = coef.reshape(2, codec.config.frame, -1).permute(2, 0, 1).contiguous()
-        from walloc_audio.framefir import FrameFIR
+        from walloc_audio.tools.framefir import FrameFIR
         from walloc_audio.wavelets import signal_from_frames
 
         yt = signal_from_frames(FrameFIR(codec._syn).process(frames), 1)[:, 0].numpy()
@@ -160,6 +160,11 @@ def test_a_training_command_on_a_lean_install_names_the_extra(tmp_path):
     r = _lean(tmp_path, "eval", str(src), "--no-opus")
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "walloc-audio[train]" in lines[0], r.stderr.decode()[-2000:]
+    # separation's extra brings torch too: that is the one to name
+    r = _lean(tmp_path, "separate", str(src), "-o", str(tmp_path / "stems"))
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "walloc-audio[separation]" in lines[0], r.stderr.decode()[-2000:]
+    assert not (tmp_path / "stems").exists()
 
 
 LEAN_BIN = os.environ.get("WALLOC_LEAN_BIN")
@@ -181,3 +186,22 @@ def test_the_lean_virtualenv_codes_audio(tmp_path):
         assert r.returncode == 0, (args, r.stderr.decode()[-2000:])
     y, _ = read_audio(tmp_path / "a.wav")
     assert y.shape == (2, 88200)
+
+
+def test_every_runtime_module_imports_without_torch():
+    """The folder tree is the boundary: ``walloc_audio/*.py`` is the runtime, ``walloc_audio/tools/`` the rest."""
+    runtime = sorted(p.stem for p in (ROOT / "walloc_audio").glob("*.py") if p.stem != "__main__")
+    tools = sorted(p.stem for p in (ROOT / "walloc_audio" / "tools").glob("*.py") if p.stem != "__init__")
+    assert {"lifting", "runtime", "codec_stream", "cli"} <= set(runtime) and "model" in tools
+    code = ("import importlib, sys\n"
+            "for name in ('torch', 'torchaudio', 'lightning', 'pytorch_lightning', 'asteroid'):\n"
+            "    sys.modules[name] = None  # any import of them raises ImportError\n"
+            f"for m in {runtime!r}:\n"
+            "    importlib.import_module('walloc_audio' if m == '__init__' else 'walloc_audio.' + m)\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    # and the torch model is on the tooling side: importing it without torch fails
+    out = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import walloc_audio.tools.model"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "torch" in out.stderr

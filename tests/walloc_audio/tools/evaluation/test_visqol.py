@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from walloc_audio import visqol
+from walloc_audio.tools.evaluation import visqol
 from walloc_audio.audio import read_audio
 from walloc_audio.cli import run
 from walloc_audio.demo import DEMO_CLIP

@@ -36,7 +36,7 @@ def data(tmp_path_factory):
 
 
 def tiny(data, **kw):
-    from walloc_audio.train import TrainConfig
+    from walloc_audio.tools.training.config import TrainConfig
 
     root, val = data
     sets = dict(name="tiny", J=4, latent_dim=16, decoder_width=16, decoder_depth=1, step=2e-3, train=str(root),
@@ -55,7 +55,7 @@ def train_losses(out) -> list[float]:
 @pytest.mark.slow
 def test_training_lowers_the_loss_resumes_and_exports(data, tmp_path):
     from walloc_audio.pretrained import load_model
-    from walloc_audio.train import run
+    from walloc_audio.tools.training.run import run
 
     out = tmp_path / "run"
     logs = []
@@ -97,9 +97,10 @@ def test_training_lowers_the_loss_resumes_and_exports(data, tmp_path):
 def test_pca_init_is_the_linear_codec_and_bad_data_is_refused(data, tmp_path):
     import torch
 
-    from walloc_audio.linear_fit import coefficient_covariance, linear_codec
-    from walloc_audio.model import CodecConfig
-    from walloc_audio.train import initial_codec, list_tracks, load_tracks
+    from walloc_audio.tools.training.linear_fit import coefficient_covariance, linear_codec
+    from walloc_audio.config import CodecConfig
+    from walloc_audio.tools.training.data import list_tracks, load_tracks
+    from walloc_audio.tools.training.run import initial_codec
 
     cfg = tiny(data)
     tracks = load_tracks(list_tracks(cfg.train), cfg, log=lambda m: None)
@@ -115,7 +116,7 @@ def test_pca_init_is_the_linear_codec_and_bad_data_is_refused(data, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.wav").write_bytes(b"RIFF junk")
-    from walloc_audio.train import run
+    from walloc_audio.tools.training.run import run
 
     with pytest.raises(WallocError, match="no usable training audio"):
         run(tiny(data, train=str(empty)), tmp_path / "r", devices=1, accelerator="cpu", log=lambda m: None)
@@ -130,7 +131,7 @@ def test_crops_have_random_gains_and_remix_stems(data, tmp_path):
     import torch
 
     from helpers import make_musdb
-    from walloc_audio.train import CropDataset, list_tracks, load_stems, load_tracks
+    from walloc_audio.tools.training.data import CropDataset, list_tracks, load_stems, load_tracks
 
     make_musdb(tmp_path, {"A - One": 2.0, "B - Two": 2.0})
     cfg = tiny(data, stems=str(tmp_path), stem_mix_probability=1.0, gain_db=[-20.0, 0.0])

@@ -6,7 +6,8 @@ import torch
 
 from helpers import make_model, tones
 from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
-from walloc_audio.model import CodecConfig, WallocCodec
+from walloc_audio.config import CodecConfig
+from walloc_audio.tools.model import WallocCodec
 from walloc_audio.wavelets import PacketTransform
 
 

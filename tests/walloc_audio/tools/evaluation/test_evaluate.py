@@ -10,12 +10,15 @@ import pytest
 import soundfile as sf
 
 from helpers import tones
-from walloc_audio import evaluate
+from walloc_audio.tools.evaluation import run as evaluation
 from walloc_audio.cli import run
 from walloc_audio.demo import DEMO_CLIP
-from walloc_audio.evaluate import (align, compare_with_opus, has_libopus, mel_distance, mrstft_distance,
-                                   prepare_tracks, psnr_db, si_sdr_db, snr_db)
-from walloc_audio.linear_fit import paper_psnr
+from walloc_audio.metrics import psnr_db, si_sdr_db, snr_db
+from walloc_audio.tools.evaluation.baselines import has_libopus
+from walloc_audio.tools.evaluation.metrics import mel_distance, mrstft_distance
+from walloc_audio.tools.evaluation.report import compare_with_opus
+from walloc_audio.tools.evaluation.tracks import align, prepare_tracks
+from walloc_audio.tools.training.linear_fit import paper_psnr
 
 RATE = 44100
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -194,9 +197,9 @@ def test_step_scales_trade_rate_for_quality(tmp_path, capsys):
 
 
 def test_missing_libopus_is_a_note_not_a_failure(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "has_libopus", lambda: False)
+    monkeypatch.setattr(evaluation, "has_libopus", lambda: False)
     write(tmp_path / "a.wav", music(1.2))
-    result = evaluate.evaluate_paths([str(tmp_path)], ["stereo-5x-linear"], out_dir=None)
+    result = evaluation.evaluate_paths([str(tmp_path)], ["stereo-5x-linear"], out_dir=None)
     assert [p["kind"] for p in result["points"]] == ["walloc", "flac"]
     assert "libopus" in result["notes"][0] and "--no-opus" in result["command"]
     assert result["points"][0]["delta_snr_vs_opus_db"] is None

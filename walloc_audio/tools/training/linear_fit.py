@@ -19,12 +19,13 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .audio import AudioReader
-from .entropy import EntropyCoder, count_symbols
-from .errors import AudioError
-from .metrics import paper_psnr  # noqa: F401  (re-exported)
-from .model import CodecConfig, WallocCodec
-from .wavelets import PacketTransform
+from walloc_audio.audio import AudioReader
+from walloc_audio.entropy import EntropyCoder, count_symbols
+from walloc_audio.errors import AudioError
+from walloc_audio.metrics import paper_psnr  # noqa: F401  (re-exported)
+from walloc_audio.config import CodecConfig
+from walloc_audio.tools.model import WallocCodec
+from walloc_audio.wavelets import PacketTransform
 
 
 def iter_clips(paths: Iterable[str], sample_rate: int, channels: int, max_seconds: float | None = None,

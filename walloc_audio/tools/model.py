@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bottleneck import Bottleneck
-from .config import CodecConfig, frames_for  # noqa: F401  (re-exported: older imports)
-from .decoder import Decoder
-from .framefir import FrameFIR, fir_frames
-from .wavelets import frames_from_signal, packet_filters, signal_from_frames
+from walloc_audio.tools.bottleneck import Bottleneck
+from walloc_audio.config import CodecConfig
+from walloc_audio.tools.decoder import Decoder
+from walloc_audio.tools.framefir import FrameFIR, fir_frames
+from walloc_audio.wavelets import frames_from_signal, packet_filters, signal_from_frames
 
 
 class WallocCodec(nn.Module):

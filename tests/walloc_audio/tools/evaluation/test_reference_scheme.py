@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from walloc_audio import reference_scheme as ref
+from walloc_audio.tools.evaluation import reference_scheme as ref
 from walloc_audio.metrics import paper_psnr, snr_db
 from walloc_audio.pretrained import load_model
 

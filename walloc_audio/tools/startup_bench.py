@@ -1,6 +1,6 @@
 """What a user waits for: whole-process CLI times and peak memory, start-up included.
 
-    python -m walloc_audio.startup_bench [--bin DIR] [--repeats 5]
+    python -m walloc_audio.tools.startup_bench [--bin DIR] [--repeats 5]
 
 Runs the ``walloc-audio`` executable of ``DIR`` (a virtualenv's ``bin``; default:
 the one next to this interpreter) as a user would, on a 10-s stereo excerpt of
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import read_audio
-from .demo import DEMO_CLIP
+from walloc_audio.audio import read_audio
+from walloc_audio.demo import DEMO_CLIP
 
 
 def _run(cmd: list[str], cwd: str) -> tuple[float, float]:

@@ -1,8 +1,8 @@
 """Codec benchmarks that print figures: throughput, memory on a 1-hour file, held-out rate.
 
-    python -m walloc_audio.benchmark                      # throughput, 1 thread and all threads
-    python -m walloc_audio.benchmark --memory             # + 60-minute file through the CLI, peak RSS
-    python -m walloc_audio.benchmark --heldout VAL.txt    # + kbps, bits/latent, SNR on held-out tracks
+    python -m walloc_audio.tools.benchmark                      # throughput, 1 thread and all threads
+    python -m walloc_audio.tools.benchmark --memory             # + 60-minute file through the CLI, peak RSS
+    python -m walloc_audio.tools.benchmark --heldout VAL.txt    # + kbps, bits/latent, SNR on held-out tracks
 
 Throughput is measured in memory on real music (the demo clip, tiled), through
 the same ``PacketEncoder``/``PacketDecoder`` the files and streams use:
@@ -25,14 +25,14 @@ import time
 import numpy as np
 import soundfile as sf
 
-from .audio import read_audio
-from .bitstream import PACKET_HEADER_BYTES
-from .codec_stream import PacketDecoder, PacketEncoder
-from .compress import decode_stream, encode_stream
-from .demo import DEMO_CLIP
-from .metrics import paper_psnr
-from .pretrained import DEFAULT_MODEL, load_model
-from .threads import set_threads
+from walloc_audio.audio import read_audio
+from walloc_audio.bitstream import PACKET_HEADER_BYTES
+from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
+from walloc_audio.compress import decode_stream, encode_stream
+from walloc_audio.demo import DEMO_CLIP
+from walloc_audio.metrics import paper_psnr
+from walloc_audio.pretrained import DEFAULT_MODEL, load_model
+from walloc_audio.threads import set_threads
 
 
 def _music(seconds: float, rate: int) -> np.ndarray:
@@ -162,7 +162,7 @@ def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64
 
 def heldout(model_name: str, listing: str) -> None:
     """kbps, bits/latent, SNR and paper PSNR on each held-out track, through the real bitstream."""
-    from .audio import AudioReader
+    from walloc_audio.audio import AudioReader
 
     model = load_model(model_name)
     cfg = model.config

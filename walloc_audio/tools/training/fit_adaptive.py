@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adaptive import (CONTEXT_BUCKETS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, band_scales, bands_for,
+from walloc_audio.adaptive import (CONTEXT_BUCKETS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, band_scales, bands_for,
                        compand, expand, step_for)
-from .bitstream import PACKET_HEADER_BYTES
-from .entropy import _activity, context_thresholds, laplace_bin_probability
-from .ratecontrol import LevelTracker, exponent_for
+from walloc_audio.bitstream import PACKET_HEADER_BYTES
+from walloc_audio.entropy import _activity, context_thresholds, laplace_bin_probability
+from walloc_audio.ratecontrol import LevelTracker, exponent_for
 
 H = 64  # magnitudes >= H share a tail bin in the scale search
 
