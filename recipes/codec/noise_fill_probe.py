@@ -126,7 +126,7 @@ def main() -> None:
             src = Path(tmp) / "x.wav"
             sf.write(src, x.T, rate, subtype="FLOAT")
             with AudioReader(str(src), sample_rate=rate) as reader:
-                st = encode_stream(reader, buf, model)
+                encode_stream(reader, buf, model)
             buf.seek(0)
             decode_stream(buf, str(Path(tmp) / "y.wav"), model=model, subtype="FLOAT")
             y, _ = read_audio(Path(tmp) / "y.wav")
