@@ -17,7 +17,9 @@ silent-packet mark) and one scale per band of latent channels (``bands`` in
 the header) -- then the symbols of the bands that are not all zero, coded
 conditioned on it (:mod:`walloc_audio.adaptive`). The header names the v2
 entropy model by ``entropy_sha256`` beside the weights' ``model_sha256``, and
-``step_scale`` is 1 (the step travels in each packet). Version 1
+``step_scale`` is 1 (the step travels in each packet). A v2 header with a ``fill``
+field (:mod:`walloc_audio.noisefill`) adds the high-band energies after each payload,
+their byte length in the payload's last two bytes. Version 1
 (``quantizer: "fixed"``): one absolute step for the whole stream, ``step_scale``
 times the model's.
 
@@ -77,6 +79,7 @@ class StreamHeader:
     bands: int = 0  # v2: band scales per packet
     entropy_sha256: str = ""  # v2: sha256 of the model's v2 entropy model
     extra: dict = field(default_factory=dict)
+    fill: dict = field(default_factory=dict)  # v2: noise-fill levels after each payload (noisefill.FillSpec)
 
     @property
     def version(self) -> int:
@@ -118,18 +121,34 @@ class StreamHeader:
             check(self.step_scale == 1, f"step_scale={self.step_scale!r} in an adaptive stream")
         else:
             check(self.bands == 0 and self.entropy_sha256 == "", "bands / entropy sha256 in a fixed-step stream")
+        check(isinstance(self.fill, dict), "types")
+        if self.fill:
+            check(self.quantizer == "adaptive", "noise fill in a fixed-step stream")
+            self.fill_spec()  # raises on a bad one
+
+    def fill_spec(self):
+        """The stream's :class:`~walloc_audio.noisefill.FillSpec`, or None."""
+        from .noisefill import FillSpec
+
+        return FillSpec.from_header(self.fill, self.sample_rate) if self.fill else None
 
     @property
     def max_payload(self) -> int:
         # A range coder spends at most ~24 bits on a symbol whose probability is
         # quantized to >= 2**-24; allow 4 bytes per symbol plus slack (side information included).
-        return min(MAX_PACKET_BYTES, 4 * self.frames_per_packet * self.latent_dim + 64 + 4 * self.bands)
+        fill = 0
+        if self.fill:  # at most 4 bytes per level, plus the section's words and length
+            spec = self.fill_spec()
+            fill = 4 * -(-self.frames_per_packet // spec.block) * self.channels * (len(spec.edges_hz) - 1) + 16
+        return min(MAX_PACKET_BYTES, 4 * self.frames_per_packet * self.latent_dim + 64 + 4 * self.bands + fill)
 
     def to_json(self) -> bytes:
         d = asdict(self)
         if self.quantizer == "fixed":  # byte-for-byte the version-1 header
             for k in ("quantizer", "bands", "entropy_sha256"):
                 d.pop(k)
+        if not self.fill:  # streams without noise fill keep the header they always had
+            d.pop("fill")
         return json.dumps({"format": "walloc-audio", **d}, sort_keys=True).encode()
 
     @classmethod

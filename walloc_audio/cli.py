@@ -94,7 +94,7 @@ def _set_threads(threads: int) -> None:
 
 
 def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, group: int, downmix: bool,
-                quality: Optional[float], kbps: Optional[float], threads: int, progress=None):
+                quality: Optional[float], kbps: Optional[float], fill: bool, threads: int, progress=None):
     from .compress import check_rate, compress_file
     from .pretrained import load_model
 
@@ -104,7 +104,7 @@ def _encode_one(src: str, dst: str, model_name: str, force: bool, fpp: int, grou
     if warning:
         err.print(f"walloc-audio: {warning}", highlight=False, markup=False, soft_wrap=True)
     return compress_file(src, dst, model, overwrite=force, frames_per_packet=fpp, downmix=downmix,
-                         progress=progress, group_packets=group, quality=quality, kbps=kbps)
+                         progress=progress, group_packets=group, quality=quality, kbps=kbps, fill=fill)
 
 
 def _decode_one(src: str, dst: str, force: bool, subtype: Optional[str], threads: int, progress=None):
@@ -180,6 +180,8 @@ def encode(
                                                  "with stereo-5x; +1 = 3 dB less noise)"),
     bitrate: Optional[float] = typer.Option(None, "--bitrate", "-b",
                                             help="average kbps instead, container included (clamped to the model)"),
+    fill: bool = typer.Option(True, "--fill/--no-fill",
+                              help="send the high bands' energies so the decoder fills them with noise (~0.3 kbps)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Encode audio (WAV, FLAC, OGG, Opus, MP3, anything ffmpeg reads; - for stdin) to .wlc."""
@@ -196,7 +198,7 @@ def encode(
     for _, dst in pairs:
         if dst != "-" and not dst.lower().endswith(".wlc"):
             raise UsageError(f"the output {dst} does not end in .wlc (two audio files? several inputs need --out-dir)")
-    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, quality, bitrate)
+    args = (model or DEFAULT_MODEL, force, frames_per_packet, group_packets, downmix, quality, bitrate, fill)
     for src, dst, st in _run_many(pairs, _encode_one, args, jobs, threads, "encoding", quiet):
         if not quiet and dst != "-":
             clip = f", [yellow]{st.clipped} samples clipped[/yellow]" if st.clipped else ""

@@ -35,6 +35,7 @@ import numpy as np
 from .adaptive import E_MAX, E_UNITS, bands_for
 from .bitstream import PACKET_HEADER_BYTES
 from .errors import BitstreamError
+from .noisefill import FillSpec, NoiseFill, decode_levels, encode_levels, measure, split_payload
 from .pretrained import LoadedModel
 from .ratecontrol import Q_DEFAULT, Q_RATE_MAX, Q_RATE_MIN, BitrateControl, LevelTracker, exponent_for
 from .runtime import Synthesis
@@ -74,7 +75,7 @@ class PacketEncoder:
     """
 
     def __init__(self, model: LoadedModel, frames_per_packet: int = 64, group_packets: int = 1,
-                 rate: RateSpec | None = None, version: int | None = None):
+                 rate: RateSpec | None = None, version: int | None = None, fill: FillSpec | None = None):
         assert frames_per_packet >= 1 and group_packets >= 1
         self.model = model
         self.config = c = model.config
@@ -85,6 +86,10 @@ class PacketEncoder:
             raise ValueError(f"model {model.name!r} has no version-2 entropy model")
         self.rate = rate or RateSpec()
         self.bands = bands_for(frames_per_packet, c.latent_dim) if self.version == 2 else 0
+        if fill is not None and self.version != 2:
+            raise ValueError("noise fill needs a version-2 stream")
+        self.fill = fill  # noise-fill levels after each payload (noisefill)
+        self._fill_groups = fill.groups(c.J, c.sample_rate) if fill is not None else None
         self.packet_seconds = frames_per_packet * c.frame / c.sample_rate
         self.packet_samples = frames_per_packet * c.frame
         self.group_samples = group_packets * self.packet_samples
@@ -109,17 +114,28 @@ class PacketEncoder:
                 self._control = BitrateControl(r.kbps, self.packet_seconds, r.framing_bytes, r.fixed_bytes,
                                                initial_quality_for(self.model, r.kbps, self.frames_per_packet))
 
-    def _code_v2(self, y: np.ndarray, frames: int) -> bytes:
-        """Choose the step of one packet's latents ``[L, n]``, quantize and code them."""
+    def _code_v2(self, y: np.ndarray, frames: int, coef: np.ndarray | None = None) -> bytes:
+        """Choose the step of one packet's latents ``[L, n]``, quantize and code them.
+
+        ``coef``: the packet's coefficients ``[C, P, n]`` when the stream carries noise-fill levels."""
         ad = self.model.adaptive
         envelope = self._level.update(y)
         quality = self._control.quality if self._control is not None else self.rate.quality
         exponent = exponent_for(envelope, quality)
-        payload = ad.encode(ad.quantize(y, exponent, self.bands), self.bands)
+        levels = None if coef is None else measure(coef, self._fill_groups, self.fill.block)
+
+        def code(exponent: int) -> bytes:
+            pk = ad.quantize(y, exponent, self.bands)
+            if levels is None:
+                return ad.encode(pk, self.bands)
+            # A packet coded as silence gets no fill either: near-silence stays near-free and quiet.
+            return ad.encode(pk, self.bands) + encode_levels(levels if not pk.silent else levels * 0)
+
+        payload = code(exponent)
         cap = self.rate.max_payload
         while cap is not None and len(payload) > cap and exponent < E_MAX:
             exponent = min(exponent + 4, E_MAX)  # 3 dB coarser until the datagram fits
-            payload = ad.encode(ad.quantize(y, exponent, self.bands), self.bands)
+            payload = code(exponent)
         if self._control is not None:
             self._control.update(len(payload), frames / self.frames_per_packet)
         return payload
@@ -128,7 +144,10 @@ class PacketEncoder:
         """Encode one group ``[C, G*P]``; emit packets declaring ``frames[i]`` frames each."""
         stream = np.concatenate([self._history, span], axis=1)  # [C, H + G*P]
         self._history = stream[:, stream.shape[1] - self.history_samples :].copy()
-        y = self._runtime.analysis_frames(stream)  # [L, G*F]: lifting tree, then the encoder
+        if self.fill is not None:  # [L, G*F] latents and [C, P, G*F] coefficients
+            y, coef = self._runtime.analysis_frames(stream, coefficients=True)
+        else:
+            y, coef = self._runtime.analysis_frames(stream), None  # lifting tree, then the encoder
         if self.version == 1:
             q = self._runtime.quantizer.symbols(y)
         f = self.frames_per_packet
@@ -137,7 +156,8 @@ class PacketEncoder:
             if self.version == 1:
                 out.append((n, self.model.coder.encode(q[:, i * f : i * f + n])))
             else:
-                out.append((n, self._code_v2(np.ascontiguousarray(y[:, i * f : i * f + n]), n)))
+                c = None if coef is None else coef[:, :, i * f : i * f + n]
+                out.append((n, self._code_v2(np.ascontiguousarray(y[:, i * f : i * f + n]), n, c)))
         self.frames_out += sum(frames)
         return out
 
@@ -199,13 +219,17 @@ class PacketDecoder:
     float rounding (<= 1e-6).
     """
 
-    def __init__(self, model: LoadedModel, version: int = 1, bands: int = 0):
+    def __init__(self, model: LoadedModel, version: int = 1, bands: int = 0, fill: FillSpec | None = None):
         self.model = model
-        self.config = model.config
+        self.config = c = model.config
         self.version, self.bands = version, bands
         if version == 2 and (model.adaptive is None or not 1 <= bands <= model.config.latent_dim):
             raise BitstreamError(f"model {model.name!r} cannot decode version-2 packets with {bands} bands")
-        self._synthesis = Synthesis(model.runtime)
+        if fill is not None and version != 2:
+            raise BitstreamError("noise fill in a version-1 stream")
+        self.fill = fill
+        self._filler = None if fill is None else NoiseFill(fill, model.runtime._encoder, c.channels, c.J, c.sample_rate)
+        self._synthesis = Synthesis(model.runtime, self._filler)
         self.reset()
 
     def reset(self) -> None:
@@ -223,10 +247,22 @@ class PacketDecoder:
             raise BitstreamError(
                 f"stream was coded with a v2 entropy model sha256 {header.entropy_sha256[:16]}..., the installed "
                 f"{model.name!r} has {(model.adaptive_sha256 or 'none')[:16]}... (install the matching model)")
-        return cls(model, header.version, header.bands)
+        return cls(model, header.version, header.bands, header.fill_spec())
 
     def latents(self, frames: int, payload: bytes) -> np.ndarray:
         """Dequantized latents ``[L, frames]`` of one packet (range decoding and dequantization only)."""
+        return self._unpack(frames, payload)[0]
+
+    def _unpack(self, frames: int, payload: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+        """A packet's dequantized latents and its noise-fill levels (None without fill)."""
+        levels = None
+        if self.version == 2 and self.fill is not None:
+            payload, section = split_payload(payload)
+            blocks = -(-frames // self.fill.block)
+            levels = decode_levels(section, blocks, self.config.channels, len(self._filler.groups))
+        return self._latents(frames, payload), levels
+
+    def _latents(self, frames: int, payload: bytes) -> np.ndarray:
         if self.version == 2:
             ad = self.model.adaptive
             q, e, s = ad.decode(payload, frames, self.bands)
@@ -241,7 +277,10 @@ class PacketDecoder:
         """Decode packets in order; returns one ``[C, frames * N]`` array per packet."""
         zs, gains = [], []
         for f, p in packets:
-            zs.append(self.latents(f, p))
+            z, levels = self._unpack(f, p)
+            zs.append(z)
+            if self._filler is not None:
+                self._filler.push(levels, f)
             if self.version == 2:  # each frame's step ratio, for the nonlinear decoder
                 gains.append(np.full(f, self._gain, dtype=np.float32))
         z = np.concatenate(zs, axis=1) if zs else np.zeros((self.config.latent_dim, 0), dtype=np.float32)
@@ -278,6 +317,8 @@ class PacketDecoder:
         z = self._last[:, None] * gains[None, :]
         self._last = z[:, -1].copy() if frames else self._last
         level = np.full(frames, self._gain, dtype=np.float32) if self.version == 2 else None
+        if self._filler is not None:
+            self._filler.push(None, frames)  # nothing to fill in a concealment
         return self.synthesize(z, [frames], level)[0]
 
 

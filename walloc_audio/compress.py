@@ -32,6 +32,7 @@ from .bitstream import END_PACKET_BYTES, BitstreamReader, BitstreamWriter, Strea
 from .codec_stream import OutputTrim, PacketDecoder, PacketEncoder, RateSpec
 from .errors import AudioError, BitstreamError
 from .fsutil import STDIO, atomic_output
+from .noisefill import FillSpec
 from .pretrained import LoadedModel, load_model
 
 Progress = Callable[[float], None]  # called with the seconds of audio just processed
@@ -111,7 +112,7 @@ def check_rate(model: LoadedModel, quality: float | None, kbps: float | None,
 
 
 def stream_header(model: LoadedModel, frames_per_packet: int, source_rate: int, source_channels: int,
-                  mode: str, version: int, extra: dict) -> StreamHeader:
+                  mode: str, version: int, extra: dict, fill: FillSpec | None = None) -> StreamHeader:
     """The header of a stream of ``model`` (version 2 names its v2 entropy model and band count)."""
     from .adaptive import bands_for
 
@@ -122,18 +123,20 @@ def stream_header(model: LoadedModel, frames_per_packet: int, source_rate: int, 
         model=model.name, model_sha256=model.sha256, sample_rate=cfg.sample_rate, channels=cfg.channels,
         J=cfg.J, latent_dim=cfg.latent_dim, frames_per_packet=frames_per_packet,
         source_sample_rate=int(source_rate), source_channels=source_channels, channel_mode=mode,
-        encoder_version=__version__, step_scale=model.step_scale if version == 1 else 1.0, extra=extra, **v2)
+        encoder_version=__version__, step_scale=model.step_scale if version == 1 else 1.0, extra=extra,
+        fill=fill.to_header() if fill is not None else {}, **v2)
 
 
 def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames_per_packet: int = 64,
                   downmix: bool = False, progress: Progress | None = None, group_packets: int = 4,
                   step_scale: float = 1.0, quality: float | None = None, kbps: float | None = None,
-                  version: int | None = None) -> EncodeStats:
+                  version: int | None = None, fill: bool | FillSpec = True) -> EncodeStats:
     """Encode everything ``reader`` yields into the ``.wlc`` stream ``out``.
 
     Version 2 (the default for models with a v2 entropy model): constant
     ``quality`` (0..10, default 5) or average ``kbps`` (header and framing
-    included). Version 1: the fixed step times ``step_scale``. The bytes depend
+    included), and with ``fill`` the high-band energies for the decoder's noise
+    fill (:mod:`walloc_audio.noisefill`; a :class:`~walloc_audio.noisefill.FillSpec` for other settings). Version 1: the fixed step times ``step_scale``. The bytes depend
     only on the audio, the model, these settings, ``frames_per_packet`` and
     ``group_packets`` -- not on how the reader cut the audio into blocks.
     """
@@ -147,13 +150,14 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
         raise AudioError("step scale is a version-1 setting; use quality or bitrate")
     cfg = model.config
     mode = channel_mode_for(reader.channels, cfg.channels, downmix, reader.name)
+    spec = (fill if isinstance(fill, FillSpec) else FillSpec()) if fill and version == 2 else None
     header = stream_header(model, frames_per_packet, reader.source_rate or reader.sample_rate, reader.channels,
-                           mode, version, {"group_packets": group_packets})
+                           mode, version, {"group_packets": group_packets}, spec)
     rate = None
     if version == 2:
         rate = RateSpec(quality, kbps, fixed_bytes=len(header_bytes(header)) + END_PACKET_BYTES)
     writer = BitstreamWriter(out, header)
-    enc = PacketEncoder(model, frames_per_packet, group_packets, rate=rate, version=version)
+    enc = PacketEncoder(model, frames_per_packet, group_packets, rate=rate, version=version, fill=spec)
     produced = 0
     for block in reader:
         produced += block.shape[1]
@@ -176,10 +180,10 @@ def compress_file(src: str, dst: str, model: LoadedModel | None = None, *, overw
                   frames_per_packet: int = 64, downmix: bool = False,
                   progress: Progress | None = None, group_packets: int = 4, step_scale: float = 1.0,
                   quality: float | None = None, kbps: float | None = None,
-                  version: int | None = None) -> EncodeStats:
+                  version: int | None = None, fill: bool = True) -> EncodeStats:
     """Encode audio file ``src`` (or ``-``) to ``dst`` (or ``-``) atomically (see :func:`encode_stream`)."""
     model = model or load_model()
-    args = (model, frames_per_packet, downmix, progress, group_packets, step_scale, quality, kbps, version)
+    args = (model, frames_per_packet, downmix, progress, group_packets, step_scale, quality, kbps, version, fill)
     with AudioReader(src, sample_rate=model.config.sample_rate, block_frames=1 << 18) as reader:
         with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
             if tmp == STDIO:

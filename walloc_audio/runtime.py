@@ -224,6 +224,8 @@ class RuntimeCodec:
         self._analysis_span = f.analysis.shape[0]
         # The encoder of the lifting path: natural band order, the lifting's scalings folded in.
         nat = freq_to_natural(c.J)
+        self._natural = nat  # natural index of each frequency-ordered band
+        self._band_scales_freq = band_scales(c.J)[nat].astype(F32)
         lifted = np.empty_like(enc)
         lifted[:, :, nat] = enc * band_scales(c.J)[nat]
         self.encoder_matrix = np.ascontiguousarray(lifted.reshape(enc.shape[0], -1), dtype=F32)  # [L, C*P]
@@ -259,18 +261,24 @@ class RuntimeCodec:
         """Input frames before a run of frames that its latents depend on."""
         return self._analysis_span - 1
 
-    def analysis_frames(self, stream: np.ndarray) -> np.ndarray:
+    def analysis_frames(self, stream: np.ndarray, coefficients: bool = False):
         """Float latents ``[L, K]`` of the last ``K`` frames of ``stream`` ``[C, (history_frames + K) * N]``.
 
         Packet tree by lifting (:mod:`walloc_audio.lifting`), then the 1x1 encoder: the
-        latents of those frames given the ``history_frames`` before them.
+        latents of those frames given the ``history_frames`` before them. With
+        ``coefficients``, also those frames' packet coefficients ``[C, P, K]`` in frequency
+        order (what the noise fill measures).
         """
         c = self.config
         k = stream.shape[1] // c.frame - self.history_frames
         assert k >= 0 and stream.shape[1] % c.frame == 0, f"bad stream length {stream.shape[1]}"
         coef = packet_lifting(np.asarray(stream, dtype=F32), c.J)  # [C, P, history + K]
         off = self.history_frames - self.analysis_delay
-        return self.encoder_matrix @ np.ascontiguousarray(coef[:, :, off : off + k]).reshape(-1, k)
+        kept = np.ascontiguousarray(coef[:, :, off : off + k])
+        y = self.encoder_matrix @ kept.reshape(-1, k)
+        if not coefficients:
+            return y
+        return y, kept[:, self._natural] * self._band_scales_freq[None, :, None]
 
     # -- whole-signal helpers (fresh state; the packet coder streams the same functions) ----------
     def analyze(self, x: np.ndarray) -> np.ndarray:
@@ -290,11 +298,13 @@ class Synthesis:
     output is ready (``n`` frames, fewer at first with a look-ahead decoder).
     """
 
-    def __init__(self, codec: RuntimeCodec):
+    def __init__(self, codec: RuntimeCodec, fill=None):
         self.codec = codec
         c = self.config = codec.config
         self.net = None if codec.linear_decoder else NetStream(codec.weights, codec.config)
-        self.fir = FrameFIR(codec.synthesis_taps if codec.linear_decoder else codec.wpt_synthesis)
+        self.fill = fill  # a noisefill.NoiseFill: then the coefficients are formed before synthesis
+        self._fused = codec.linear_decoder and fill is None
+        self.fir = FrameFIR(codec.synthesis_taps if self._fused else codec.wpt_synthesis)
         self._post_history = None
         if codec.post_filter is not None:
             self._post_history = np.zeros((c.channels, codec.post_filter.shape[1] - 1), dtype=F32)
@@ -303,16 +313,23 @@ class Synthesis:
         self.fir.reset()
         if self.net is not None:
             self.net.reset()
+        if self.fill is not None:
+            self.fill.reset()
         if self._post_history is not None:
             self._post_history[:] = 0.0
 
     def process(self, z: np.ndarray, gain: np.ndarray | None = None) -> np.ndarray:
         c = self.config
         z = np.asarray(z, dtype=F32)
-        if self.net is None:
+        if self._fused:
             pcm = signal_from_frames(self.fir.process(np.ascontiguousarray(z.T)[:, None, :]), c.channels)[0]
         else:
-            coef = self.net.process(z, gain)  # [C*P, n]
+            if self.net is None:
+                coef = np.asarray(self.codec.weights["decoder.linear"], dtype=F32) @ z  # [C*P, n]
+            else:
+                coef = self.net.process(z, gain)  # [C*P, n]
+            if self.fill is not None:
+                coef = self.fill.apply(np.ascontiguousarray(coef, dtype=F32))
             frames = np.ascontiguousarray(coef.reshape(c.channels, c.frame, -1).transpose(2, 0, 1))  # [n, C, P]
             pcm = signal_from_frames(self.fir.process(frames), 1)[:, 0]
         pcm = np.ascontiguousarray(pcm, dtype=F32)

@@ -1,0 +1,173 @@
+"""Noise filling: side information round trip, the decoder's fill (null space, energy, silence), files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from walloc_audio.audio import read_audio
+from walloc_audio.bitstream import StreamHeader
+from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
+from walloc_audio.demo import DEMO_CLIP
+from walloc_audio.errors import BitstreamError
+from walloc_audio.noisefill import (FLOOR_DB, MAX_LEVEL, STEP_DB, FillSpec, NoiseFill, decode_levels, encode_levels,
+                                    measure, split_payload)
+from walloc_audio.pretrained import load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("stereo-5x")
+
+
+@pytest.fixture(scope="module")
+def music():
+    x, _ = read_audio(DEMO_CLIP)
+    return np.ascontiguousarray(x[:, : x.shape[1] // (64 * 256) * 64 * 256], dtype=np.float32)
+
+
+def test_levels_round_trip_and_corruption_is_an_error():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 2, 7), (8, 2, 7), (3, 1, 1)]:
+        levels = rng.integers(0, MAX_LEVEL + 1, size=shape).astype(np.int32)
+        levels.flat[0], levels.flat[-1] = 0, MAX_LEVEL
+        section = encode_levels(levels)
+        payload, body = split_payload(b"v2-payload" + section)
+        assert payload == b"v2-payload"
+        np.testing.assert_array_equal(decode_levels(body, *shape), levels)
+    assert split_payload(encode_levels(np.zeros((2, 2, 7), np.int32))) == (b"", b"")
+    assert not decode_levels(b"", 2, 2, 7).any()
+    with pytest.raises(BitstreamError):
+        split_payload(b"\x01")
+    with pytest.raises(BitstreamError):
+        split_payload(b"abcd" + (400).to_bytes(2, "little"))  # longer than its packet
+    bad = encode_levels(np.full((2, 2, 7), 40, np.int32))
+    flipped = bytes([bad[0] ^ 0xFF]) + bad[1:-2]
+    try:
+        out = decode_levels(flipped, 2, 2, 7)
+    except BitstreamError:
+        pass  # caught as corrupt, or decoded to some levels that stay in range:
+    else:
+        assert out.min() >= 0 and out.max() <= MAX_LEVEL
+
+
+def test_measure_reads_the_mean_energy_of_each_group_in_steps():
+    spec = FillSpec()
+    groups = spec.groups(8, 44100)
+    coef = np.zeros((2, 256, 10))
+    coef[0, groups[2]] = 1e-3  # -60 dB per coefficient in the third group of channel 0
+    levels = measure(coef, groups, 8)
+    assert levels.shape == (2, 2, len(groups))
+    want = round((-60 - FLOOR_DB) / STEP_DB)
+    assert (levels[:, 0, 2] == want).all()
+    assert levels.sum() == 2 * want  # everything else is below the floor: nothing to fill
+
+
+def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model):
+    c = model.config
+    spec = FillSpec(block=8, fraction=1.0)
+    nf = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)
+    n = 16
+    coef = np.zeros((c.channels * 256, n), dtype=np.float32)
+    levels = np.zeros((2, 2, len(nf.groups)), dtype=np.int32)
+    levels[:, :, 3] = round((-70 - FLOOR_DB) / STEP_DB)  # 8-10 kHz at -70 dB, both channels
+    nf.push(levels, n)
+    out = nf.apply(coef.copy())
+    enc = np.asarray(model.runtime._encoder).reshape(-1, c.channels * 256)
+    assert np.abs(enc @ out).max() < 1e-4 * np.abs(out).max()  # the latents do not see it
+    rows = [ch * 256 + b for ch in range(2) for b in nf.groups[3]]
+    energy_db = 10 * np.log10(np.mean(out[rows] ** 2))
+    assert energy_db == pytest.approx(-70, abs=0.8)
+    # no levels, or a decode already loud enough: nothing is added
+    nf.reset()
+    nf.push(None, n)
+    np.testing.assert_array_equal(nf.apply(coef.copy()), coef)
+    nf.reset()
+    loud = coef.copy()
+    loud[rows] = 1e-2  # -40 dB: more than the target
+    nf.push(levels, n)
+    np.testing.assert_array_equal(nf.apply(loud.copy()), loud)
+
+
+def test_the_fill_does_not_depend_on_how_frames_arrive(model):
+    c = model.config
+    nf = NoiseFill(FillSpec(block=8), model.runtime._encoder, c.channels, c.J, c.sample_rate)
+    rng = np.random.default_rng(1)
+    coef = (1e-4 * rng.standard_normal((c.channels * 256, 24))).astype(np.float32)
+    levels = rng.integers(20, 50, size=(3, 2, len(nf.groups))).astype(np.int32)
+    nf.push(levels, 24)
+    whole = nf.apply(coef.copy())
+    nf.reset()
+    nf.push(levels, 24)
+    pieces = [nf.apply(coef[:, a:b].copy()) for a, b in [(0, 5), (5, 6), (6, 9), (9, 24)]]
+    assert [p.shape[1] for p in pieces] == [0, 0, 8, 16]  # a block leaves when its last frame is in
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, atol=1e-7)
+
+
+def test_a_filled_stream_brings_the_highs_back_and_streams_as_it_decodes(model, music):
+    from scipy.signal import welch
+
+    x = music
+    out = {}
+    for fill in (None, FillSpec()):
+        enc = PacketEncoder(model, 64, 4, fill=fill)
+        packets = enc.push(x) + enc.flush()
+        y = np.concatenate(PacketDecoder(model, 2, enc.bands, fill).decode_many(packets), axis=1)
+        live = PacketDecoder(model, 2, enc.bands, fill)
+        y_live = np.concatenate([live.decode(f, p) for f, p in packets], axis=1)
+        np.testing.assert_allclose(y_live, y, atol=1e-6)  # packet by packet == the whole file at once
+        d = model.config.delay_samples
+        out[fill is not None] = (y[:, d : d + x.shape[1] - d], sum(len(p) for _, p in packets))
+    ref = x[:, : x.shape[1] - model.config.delay_samples]
+    f, px = welch(ref.mean(0), 44100, nperseg=4096)
+    high = (f > 8000) & (f < 16000)
+    gap = {k: 10 * np.log10(welch(v[0].mean(0), 44100, nperseg=4096)[1][high].mean() / px[high].mean())
+           for k, v in out.items()}
+    # 8-16 kHz much closer to the original (half the missing energy comes back: -3 dB at most), not above it
+    assert gap[False] < -6 and gap[False] + 4 < gap[True] < 0.5, gap
+    err = {k: 10 * np.log10(np.sum(ref**2) / np.sum((v[0] - ref) ** 2)) for k, v in out.items()}
+    assert err[True] > err[False] - 1.0, err  # a little SNR for it
+    assert out[True][1] < 1.08 * out[False][1]  # and a few % of the bytes
+
+
+def test_silence_gets_no_noise_and_costs_two_bytes(model):
+    x = np.zeros((2, 4 * 64 * 256), dtype=np.float32)
+    out = {}
+    for fill in (None, FillSpec()):
+        enc = PacketEncoder(model, 64, 4, fill=fill)
+        packets = enc.push(x) + enc.flush()
+        out[fill is not None] = (np.concatenate(PacketDecoder(model, 2, enc.bands, fill).decode_many(packets), axis=1),
+                                 [len(p) for _, p in packets])
+    np.testing.assert_array_equal(out[True][0], out[False][0])  # the fill adds nothing to silence
+    assert [b - a for a, b in zip(out[False][1], out[True][1])] == [2] * len(out[False][1])
+
+
+def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_path):
+    from walloc_audio.compress import decode_stream, encode_stream
+    from walloc_audio.audio import AudioReader
+    import soundfile as sf
+
+    sf.write(tmp_path / "x.wav", music.T, 44100, subtype="FLOAT")
+    files = {}
+    for fill in (True, False):
+        buf = io.BytesIO()
+        with AudioReader(str(tmp_path / "x.wav")) as r:
+            encode_stream(r, buf, model, fill=fill)
+        files[fill] = buf.getvalue()
+    assert b'"fill"' in files[True] and b'"fill"' not in files[False]  # no field: the header as before
+    for fill, data in files.items():
+        decode_stream(io.BytesIO(data), str(tmp_path / f"y{fill}.wav"), model=model)
+    h = dict(model=model.name, model_sha256="0" * 64, sample_rate=44100, channels=2, J=8, latent_dim=108,
+             frames_per_packet=64, source_sample_rate=44100, source_channels=2, quantizer="adaptive", bands=8,
+             entropy_sha256="0" * 64)
+    StreamHeader(**h, fill=FillSpec().to_header()).validate()
+    for bad in ({"edges_hz": [5000, 4000], "block": 8, "fraction": 0.5, "step_db": 1.5, "floor_db": -125.0},
+                {**FillSpec().to_header(), "block": 0}, {**FillSpec().to_header(), "fraction": 2},
+                {**FillSpec().to_header(), "step_db": 3.0}, {**FillSpec().to_header(), "edges_hz": list(range(1, 40))},
+                {**FillSpec().to_header(), "other": 1}, {"edges_hz": "x"}):
+        with pytest.raises(BitstreamError, match="fill"):
+            StreamHeader(**h, fill=bad).validate()
+    with pytest.raises(BitstreamError, match="noise fill"):
+        StreamHeader(**{**h, "quantizer": "fixed", "bands": 0, "entropy_sha256": ""}, fill=FillSpec().to_header()).validate()
