@@ -26,6 +26,7 @@ import numpy as np
 from walloc_audio.adaptive import bands_for
 from walloc_audio.bitstream import PACKET_HEADER_BYTES, Packet, StreamHeader, header_bytes, pack_end, pack_packet
 from walloc_audio.codec_stream import PacketDecoder, PacketEncoder, RateSpec
+from walloc_audio.noisefill import FillSpec
 from walloc_audio.compress import channel_mode_for, map_channels, stream_header
 from walloc_audio.pretrained import LoadedModel
 
@@ -47,17 +48,20 @@ class StreamEncoder:
         model: the codec.
         frames_per_packet: ``F``; smaller is lower latency, larger has less overhead
             (14 bytes of framing per packet).
+        fill: noise-fill levels in every packet (:mod:`walloc_audio.noisefill`). Off by default
+            live: with 2-frame packets a block per packet costs several kbps.
     """
 
     def __init__(self, model: LoadedModel, frames_per_packet: int = 2, quality: float | None = None,
                  kbps: float | None = None, max_payload: int | None = MAX_STREAM_PAYLOAD,
-                 framing_bytes: int = PACKET_HEADER_BYTES):
+                 framing_bytes: int = PACKET_HEADER_BYTES, fill: FillSpec | None = None):
         self.model = model
         self.frames_per_packet = frames_per_packet
         self.version = 2 if model.adaptive is not None else 1
         rate = RateSpec(quality, kbps, max_payload=max_payload, framing_bytes=framing_bytes) \
             if self.version == 2 else None
-        self._enc = PacketEncoder(model, frames_per_packet, group_packets=1, rate=rate)
+        self.fill = fill if self.version == 2 else None
+        self._enc = PacketEncoder(model, frames_per_packet, group_packets=1, rate=rate, fill=self.fill)
         self._resampler = None
         self.sample_rate = model.config.sample_rate
         self.channels = model.config.channels
@@ -81,7 +85,7 @@ class StreamEncoder:
 
     def header(self) -> StreamHeader:
         return stream_header(self.model, self.frames_per_packet, self.sample_rate, self.channels, self.channel_mode,
-                             self.version, {"group_packets": 1})
+                             self.version, {"group_packets": 1}, self.fill)
 
     def header_bytes(self) -> bytes:
         return header_bytes(self.header())

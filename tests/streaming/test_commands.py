@@ -132,14 +132,18 @@ def test_streamed_packets_equal_walloc_audio_encode(tmp_path):
     rate = 44100
     x = (0.3 * np.sin(2 * np.pi * 330 * np.arange(rate) / rate)).astype(np.float32)
     sf.write(tmp_path / "a.wav", np.stack([x, x[::-1]], axis=1), rate, subtype="FLOAT")
-    r = run("encode", tmp_path / "a.wav", tmp_path / "a.wlc", "--frames-per-packet", 2, "--group-packets", 1, "-q")
-    assert r.returncode == 0, r.stderr
-    enc = StreamEncoder(load_model(DEFAULT_MODEL), 2)  # what `encode` used
-    enc.prepare(rate, 2)
-    y = np.stack([x, x[::-1]])
-    parts = [enc.header_bytes()]
-    for i in range(0, rate, 777):
-        parts += enc.process(y[:, i : i + 777])
-    parts += enc.finish()
-    assert b"".join(parts) == (tmp_path / "a.wlc").read_bytes()
+    from walloc_audio.noisefill import FillSpec
+
+    for flag, fill in (("--no-fill", None), ("--fill", FillSpec())):
+        r = run("encode", tmp_path / "a.wav", tmp_path / "a.wlc", "--frames-per-packet", 2, "--group-packets", 1,
+                flag, "-q", "-f")
+        assert r.returncode == 0, r.stderr
+        enc = StreamEncoder(load_model(DEFAULT_MODEL), 2, fill=fill)  # what `encode` used
+        enc.prepare(rate, 2)
+        y = np.stack([x, x[::-1]])
+        parts = [enc.header_bytes()]
+        for i in range(0, rate, 777):
+            parts += enc.process(y[:, i : i + 777])
+        parts += enc.finish()
+        assert b"".join(parts) == (tmp_path / "a.wlc").read_bytes(), flag
 
