@@ -275,7 +275,9 @@ def separate(
     names = [Path(p).name.rsplit(".", 1)[0] for p in inputs]
     if len(set(names)) != len(names):
         raise WallocError("two inputs have the same name and would write the same stem folder; use separate runs")
-    import separation.separator  # noqa: F401  (a lean install fails here, before anything is written)
+    import importlib
+
+    importlib.import_module("separation.separator")  # a lean install fails here, before anything is written
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
