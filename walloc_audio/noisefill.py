@@ -197,11 +197,14 @@ class NoiseFill:
         self.reset()
 
     @functools.cached_property
-    def _projectors(self) -> list[np.ndarray]:
-        """``(I - E^+ E)[:, cols]`` per (channel, group), float32: white noise of a pair -> null space."""
+    def _projector(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``(I - E^+ E)`` on the filled columns ``[C*P, cols]`` (white noise -> the encoder's null
+        space), and per (channel, group) the block of it on that pair's own rows and columns."""
         e = self._encoder
         q = np.eye(e.shape[1]) - np.linalg.pinv(e) @ e
-        return [np.ascontiguousarray(q[:, cols], dtype=np.float32) for cols in self._cols]
+        every = [c for cols in self._cols for c in cols]
+        local = [np.ascontiguousarray(q[np.ix_(cols, cols)], dtype=np.float32) for cols in self._cols]
+        return np.ascontiguousarray(q[:, every], dtype=np.float32), local
 
     def reset(self) -> None:
         self.frame = 0  # absolute index of the first frame not returned yet
@@ -238,28 +241,28 @@ class NoiseFill:
         return out
 
     def _fill(self, coef: np.ndarray, blocks: list, first: int) -> None:
-        n = coef.shape[1]
-        cols = sum(len(c) for c in self._cols)
-        white = np.empty((cols, n), dtype=np.float32)
-        for t in range(n):  # frame t's noise depends on t alone
-            white[:, t] = np.random.default_rng([SEED, first + t]).standard_normal(cols, dtype=np.float32)
-        starts = np.cumsum([0] + [m for m, _ in blocks])
-        frac, pos = self.spec.fraction, 0
-        for i, (cols_i, q) in enumerate(zip(self._cols, self._projectors)):
+        q, local = self._projector
+        cols = q.shape[1]
+        sizes = np.array([m for m, _ in blocks])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        white = np.empty((cols, coef.shape[1]), dtype=np.float32)
+        for (m, _), a in zip(blocks, starts):  # a block's noise depends on its first frame alone
+            white[:, a : a + m] = np.random.default_rng([SEED, first + a]).standard_normal((cols, m), dtype=np.float32)
+        targets = np.stack([t if t is not None else np.zeros((self.channels, len(self.groups))) for _, t in blocks])
+        pos = 0
+        for i, (cols_i, qi) in enumerate(zip(self._cols, local)):
             ch, g = divmod(i, len(self.groups))
-            w, pos = white[pos : pos + len(cols_i)], pos + len(cols_i)
-            if not cols_i:
+            w = white[pos : pos + len(cols_i)]
+            pos += len(cols_i)
+            want = targets[:, ch, g]
+            if not cols_i or not want.any():
+                w[:] = 0.0
                 continue
-            rows = [ch * self.bands + b for b in self.groups[g]]
-            term = None
-            for (m, target), a in zip(blocks, starts[:-1]):
-                if target is None or target[ch, g] <= 0:
-                    continue
-                if term is None:
-                    term = q @ w  # [C*P, n], in the encoder's null space, mostly in this pair's bands
-                sl = slice(a, a + m)
-                have = float(np.mean(np.square(coef[rows, sl], dtype=np.float64)))
-                got = float(np.mean(np.square(term[rows, sl], dtype=np.float64)))
-                deficit = frac * (target[ch, g] - have)
-                if deficit > 0 and got > 0:
-                    coef[:, sl] += term[:, sl] * np.float32(np.sqrt(deficit / got))  # null-space vectors summed
+            # Energy per block of the decode and of this pair's projected noise, on the pair's rows
+            # (the projection's rows = its columns: channel ch, the group's bands).
+            have = np.add.reduceat(np.square(coef[cols_i], dtype=np.float64).mean(axis=0), starts) / sizes
+            got = np.add.reduceat(np.square(qi @ w, dtype=np.float64).mean(axis=0), starts) / sizes
+            deficit = self.spec.fraction * (want - have)
+            scale = np.sqrt(np.divide(deficit, got, out=np.zeros_like(got), where=(deficit > 0) & (got > 0)))
+            w *= np.repeat(scale, sizes).astype(np.float32)[None, :]
+        coef += q @ white  # one product: every pair's scaled noise, all in the encoder's null space
