@@ -73,7 +73,7 @@ class FillSpec:
             block, fraction = d["block"], d["fraction"]
             ok = (type(block) is int and 1 <= block <= 4096 and type(fraction) in (int, float)
                   and 0 < fraction <= 1 and 2 <= len(edges) <= MAX_GROUPS + 1
-                  and all(0 < a < b for a, b in zip(edges[:-1], edges[1:])) and edges[-1] <= sample_rate
+                  and all(0 < a < b for a, b in zip(edges[:-1], edges[1:])) and edges[-1] <= sample_rate / 2
                   and d.get("step_db") == STEP_DB and d.get("floor_db") == FLOOR_DB
                   and set(d) == {"edges_hz", "block", "fraction", "step_db", "floor_db"})
         except (KeyError, TypeError, ValueError):
