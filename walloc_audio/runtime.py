@@ -4,12 +4,15 @@ A shipped model is a config and a safetensors file of arrays. :class:`RuntimeCod
 turns those arrays into what the packet encoder and decoder
 (:mod:`walloc_audio.codec_stream`) run:
 
-* the fused analysis taps (WPT analysis followed by the 1x1 encoder) and the
-  quantizer (step, square-root compander, rounding) -- the encoder;
+* the packet tree by lifting (:mod:`walloc_audio.lifting`) followed by the 1x1
+  encoder (its columns carrying the lifting's scalings), and the quantizer (step,
+  square-root compander, rounding) -- the encoder; the fused FIR taps of the same
+  function stay available as :attr:`RuntimeCodec.analysis_taps`;
 * dequantization, the linear decoder fused with WPT synthesis, or the shallow
   nonlinear decoder (1x1 convolutions, dilated causal convolutions and Snake,
-  evaluated incrementally by :class:`NetStream`) followed by WPT synthesis,
-  and the optional post filter -- the decoder.
+  evaluated incrementally by :class:`NetStream`) followed by WPT synthesis, the
+  optional noise fill (:mod:`walloc_audio.noisefill`) before synthesis, and the
+  optional post filter -- the decoder.
 
 The torch model (:class:`walloc_audio.tools.model.WallocCodec`) loads the same file
 and computes the same functions; it is there for training and for learning on
@@ -17,11 +20,11 @@ latents. The tests hold the two paths together (same symbols on all but a few
 latents whose value sits within float rounding of a bin edge; decoded audio
 within 1e-5).
 
-Determinism: the fused taps are formed in float64 from the exact filters and
-rounded once to float32, and the compander uses only ``* / + - sqrt`` (see
-:mod:`walloc_audio.tools.bottleneck`), so a symbol is a fixed function of its float32
-latent. Latents come from BLAS matrix products, which are reproducible on one
-machine for one call shape (the encoder fixes the shape) but may round
+Determinism: the lifting steps are element-wise float32 operations, the encoder
+matrix is formed in float64 and rounded once, and the compander uses only
+``* / + - sqrt`` (see :mod:`walloc_audio.tools.bottleneck`), so a symbol is a fixed
+function of its float32 latent. Latents come from a BLAS matrix product, which is
+reproducible on one machine for one call shape (the encoder fixes the shape) but may round
 differently on another CPU; a file decodes the same everywhere up to float
 rounding of the decoder.
 """
