@@ -410,6 +410,7 @@ def evaluate(
                                    help="measure the reference WaLLoC scheme (8-bit compander + lossless WebP)"),
     reference_sigmas: str = typer.Option("0.25,0.5,1,2", "--reference-sigmas",
                                          help="the reference scheme's compander spreads (its rate points)"),
+    fill: bool = typer.Option(True, "--fill/--no-fill", help="code the models' files with the noise fill"),
     spectrogram_model: Optional[str] = typer.Option(None, "--spectrogram-model", help="model shown in spectrogram.png"),
     visqol: bool = typer.Option(False, "--visqol/--no-visqol",
                                 help="also score ViSQOL v3 (audio mode; ~1 CPU-s per second of excerpt)"),
@@ -440,7 +441,8 @@ def evaluate(
         raise UsageError("--jobs must be 1..256")
     result = evaluate_paths(paths, names, scales, kbps, seconds, opus, spectrogram_model, out_dir, log,
                             qualities=quals, gains=levels, bitrates=rates,
-                            visqol_seconds=visqol_seconds if visqol else None, jobs=jobs, reference_sigmas=sigmas)
+                            visqol_seconds=visqol_seconds if visqol else None, jobs=jobs, reference_sigmas=sigmas,
+                            fill=fill)
     headers, rows = table_rows(result, TERMINAL_KEYS)
     t = Table(title=f"walloc-audio eval: {summary_line(result)}", box=box.SIMPLE_HEAD, padding=(0, 1),
               caption=f"dB except mel (a distance); Δ: vs Opus at the same kbps; ÷ref: kbps over the reference "

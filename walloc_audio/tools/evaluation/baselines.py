@@ -38,20 +38,21 @@ class Setting:
     quality: float | None = None
     kbps: float | None = None
     step_scale: float = 1.0
+    fill: bool = True  # version 2: the noise fill's side information (walloc_audio.noisefill)
 
     @property
     def label(self) -> str:
         if self.version == 1:
             return f"v1 x{self.step_scale:g}"
-        return f"Q{self.quality:g}" if self.kbps is None else f"{self.kbps:g}k"
+        return (f"Q{self.quality:g}" if self.kbps is None else f"{self.kbps:g}k") + ("" if self.fill else " no-fill")
 
 
 def settings_for(model: LoadedModel, qualities: Sequence[float], step_scales: Sequence[float],
-                 bitrates: Sequence[float] = ()) -> list[Setting]:
+                 bitrates: Sequence[float] = (), fill: bool = True) -> list[Setting]:
     """Version-2 settings where the model has a v2 entropy model, then any version-1 step scales."""
     out = []
     if model.adaptive is not None:
-        out += [Setting(2, quality=q) for q in qualities] + [Setting(2, kbps=k) for k in bitrates]
+        out += [Setting(2, quality=q, fill=fill) for q in qualities] + [Setting(2, kbps=k, fill=fill) for k in bitrates]
     out += [Setting(1, step_scale=x) for x in step_scales]
     if not out:  # a model without a v2 entropy model: its own fixed step
         out = [Setting(1)]
@@ -63,7 +64,8 @@ def run_walloc(track: Track, model: LoadedModel, setting: Setting, workdir: str)
     wlc, out = os.path.join(workdir, "point.wlc"), os.path.join(workdir, "point.decoded.wav")
     t0 = time.perf_counter()
     stats = compress_file(track.wav, wlc, model, overwrite=True, step_scale=setting.step_scale,
-                          quality=setting.quality, kbps=setting.kbps, version=setting.version)
+                          quality=setting.quality, kbps=setting.kbps, version=setting.version,
+                          fill=setting.fill and setting.version == 2)
     t1 = time.perf_counter()
     decompress_file(wlc, out, overwrite=True, model=model, subtype="FLOAT")
     t2 = time.perf_counter()

@@ -82,7 +82,8 @@ def _load_models(names: Sequence[str] | None) -> list[LoadedModel]:
 def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Sequence[float],
              opus_kbps: Sequence[float], seconds: float | None, opus: bool, qualities: Sequence[float] = (),
              gains: Sequence[float] = (0.0,), bitrates: Sequence[float] = (),
-             visqol_seconds: float | None = None, jobs: int = 1, reference_sigmas: Sequence[float] = ()) -> str:
+             visqol_seconds: float | None = None, jobs: int = 1, reference_sigmas: Sequence[float] = (),
+             fill: bool = True) -> str:
     """A command line that reproduces this run."""
     args = ["walloc-audio", "eval", *paths, "--models", ",".join(m.name for m in models)]
     for option, values in (("--qualities", qualities), ("--bitrates", bitrates), ("--step-scales", step_scales)):
@@ -93,6 +94,7 @@ def _command(paths: Sequence[str], models: list[LoadedModel], step_scales: Seque
     args += ["--visqol", "--visqol-seconds", f"{visqol_seconds:g}", "--jobs", str(jobs)] if visqol_seconds else []
     args += (["--reference-sigmas", ",".join(f"{v:g}" for v in reference_sigmas)] if reference_sigmas
              else ["--no-reference"])
+    args += [] if fill else ["--no-fill"]
     return shlex.join(args)
 
 
@@ -113,7 +115,7 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                    spectrogram_model: str | None = None, out_dir: str | os.PathLike | None = "eval-out",
                    log: Log | None = None, qualities: Sequence[float] = (5.0,), gains: Sequence[float] = (0.0,),
                    bitrates: Sequence[float] = (), visqol_seconds: float | None = None, jobs: int = 1,
-                   reference_sigmas: Sequence[float] = ()) -> dict:
+                   reference_sigmas: Sequence[float] = (), fill: bool = True) -> dict:
     """Evaluate models (and Opus, FLAC, the reference scheme) on the audio under ``paths``; write reports
     to ``out_dir``.
 
@@ -166,7 +168,7 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
             at = "" if gain == 0 else f" @{gain:+g} dB"
             for model in loaded:
                 cfg = model.config
-                for k, setting in enumerate(settings_for(model, qualities, step_scales, bitrates)):
+                for k, setting in enumerate(settings_for(model, qualities, step_scales, bitrates, fill)):
                     acc = _Point("walloc", model.name, setting.step_scale if setting.version == 1 else None,
                                  setting.label, gain, cfg.latent_dim, setting.kbps, cfg.frame,
                                  cfg.dimension_reduction)
@@ -216,7 +218,7 @@ def evaluate_paths(paths: Sequence[str], models: Sequence[str] | None = None, st
                          f"skipped: {'; '.join(p['visqol_skipped'])}")
     result = {
         "command": _command(paths, loaded, step_scales, opus_kbps, seconds, opus, qualities, gains, bitrates,
-                            visqol_seconds, jobs, reference_sigmas if ref_model is not None else ()),
+                            visqol_seconds, jobs, reference_sigmas if ref_model is not None else (), fill),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "tracks": [{"path": t.path, "seconds": round(t.seconds, 3)} for t in tracks],

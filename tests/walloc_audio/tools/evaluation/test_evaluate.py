@@ -196,6 +196,20 @@ def test_step_scales_trade_rate_for_quality(tmp_path, capsys):
     assert coarse["delta_snr_vs_opus_db"] is None  # no Opus curve: nothing to compare with
 
 
+def test_no_fill_codes_without_the_noise_fill_side_information(tmp_path, capsys):
+    write(tmp_path / "a.wav", music(1.5, start=2.0))
+    points = {}
+    for flag in ("--fill", "--no-fill"):
+        out = tmp_path / flag.strip("-")
+        assert run(["eval", str(tmp_path / "a.wav"), "--models", "stereo-5x", "--no-opus", "--no-reference",
+                    flag, "--out", str(out)]) == 0, capsys.readouterr().err
+        result = json.loads((out / "results.json").read_text())
+        (points[flag],) = [p for p in result["points"] if p["kind"] == "walloc"]
+        assert ("--no-fill" in result["command"]) == (flag == "--no-fill")
+    assert points["--fill"]["setting"] == "Q5" and points["--no-fill"]["setting"] == "Q5 no-fill"
+    assert points["--no-fill"]["kbps"] < points["--fill"]["kbps"]  # the fill's levels cost bits
+
+
 def test_missing_libopus_is_a_note_not_a_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "has_libopus", lambda: False)
     write(tmp_path / "a.wav", music(1.2))
