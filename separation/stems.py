@@ -194,10 +194,12 @@ def write_musdb_setup(root: Path, train_names: list[str]) -> Path | None:
 
 
 def build_stem_set(root, *, max_seconds: float = 60.0, max_tracks: int | None = None, workers: int = 2,
-                   cache=None, drum_kits: bool = True, force: bool = False, log=print) -> dict:
+                   cache=None, drum_kits: bool = True, force: bool = False, log=print,
+                   test_max_seconds: float | None = None) -> dict:
     """Fetch the Debian songs and sound fonts, then build the set under ``root``.
 
-    ``max_tracks`` caps each split; ``cache`` defaults to ``ROOT/cache``;
+    ``max_seconds`` cuts every song, ``test_max_seconds`` (default: the
+    same) those of the test split; ``max_tracks`` caps each split; ``cache`` defaults to ``ROOT/cache``;
     ``drum_kits=False`` renders drums with the GM font only; ``force``
     re-renders tracks that a previous run finished.  Returns the summary of
     :func:`build_from_songs`.  A missing renderer or GM sound font is a
@@ -210,21 +212,28 @@ def build_stem_set(root, *, max_seconds: float = 60.0, max_tracks: int | None = 
     gm_font, kits, notes = fetch_soundfonts(cache, drum_kits)
     songs, skipped = collect_songs(cache)
     return build_from_songs(root, songs, gm_font, kits, max_seconds=max_seconds, max_tracks=max_tracks,
-                            workers=workers, force=force, fluidsynth=fluidsynth, log=log, started=started,
+                            test_max_seconds=test_max_seconds, workers=workers, force=force, fluidsynth=fluidsynth, log=log, started=started,
                             skipped=[{"name": o, "split": None, "reason": r} for o, r in skipped], notes=notes)
 
 
 def build_from_songs(root, songs: list[SongSource], gm_font: Path, kits: list[Path], *, max_seconds: float = 60.0,
                      max_tracks: int | None = None, workers: int = 2, force: bool = False,
                      fluidsynth: str = "fluidsynth", log=print, started: float | None = None,
-                     skipped: list | None = None, notes: list | None = None) -> dict:
+                     skipped: list | None = None, notes: list | None = None,
+                     test_max_seconds: float | None = None) -> dict:
     """Build the set under ``root`` from given songs and fonts; returns a summary dict.
+
+    Train songs are cut at ``max_seconds``, test songs at ``test_max_seconds``
+    (default: the same), so a run can train on whole songs and still score on
+    a test set of fixed length.
 
     Songs that cannot make a track (a MIDI that does not parse, no drums or
     no bass in the window, a failed render) are skipped and listed with
     their reason in the manifest and the summary.
     """
     started = time.monotonic() if started is None else started
+    caps = {split: max_seconds for split in SPLITS}
+    caps["test"] = max_seconds if test_max_seconds is None else test_max_seconds
     for font in [gm_font, *kits]:
         if not Path(font).is_file():
             raise StemSetError(f"sound font not found: {font}")
@@ -236,7 +245,7 @@ def build_from_songs(root, songs: list[SongSource], gm_font: Path, kits: list[Pa
     planned: dict[str, list[PlannedSong]] = {s: [] for s in SPLITS}
     for song in songs:
         try:
-            planned[song.split].append(plan_song(song, max_seconds))
+            planned[song.split].append(plan_song(song, caps[song.split]))
         except StemSetError as exc:
             skipped.append({"name": song.name, "split": song.split, "reason": str(exc)})
     for split in SPLITS:
@@ -252,12 +261,12 @@ def build_from_songs(root, songs: list[SongSource], gm_font: Path, kits: list[Pa
         song = item.song
         folder = root / song.split / song.name
         kit = kits[int(_hash(song.name)[:8], 16) % len(kits)] if kits else None
-        fingerprint = _fingerprint(item, max_seconds, fonts)
+        fingerprint = _fingerprint(item, caps[song.split], fonts)
         previous = old.get(song.name)
         if (not force and previous and previous.get("fingerprint") == fingerprint
                 and all((folder / f"{n}.wav").is_file() for n in ("mixture", *STEM_NAMES))):
             return dict(previous, reused=True)
-        stems, mixture, gain = render_song(item, gm_font, kit, fluidsynth=fluidsynth, max_seconds=max_seconds)
+        stems, mixture, gain = render_song(item, gm_font, kit, fluidsynth=fluidsynth, max_seconds=caps[song.split])
         error = write_track(folder, stems, mixture)
         log(f"  {song.split}/{song.name}: {len(mixture) / SAMPLE_RATE:.1f} s, vocals by {item.plan.vocals_rule}")
         drum_font = kit.name if kit else gm_font.name
@@ -283,7 +292,7 @@ def build_from_songs(root, songs: list[SongSource], gm_font: Path, kits: list[Pa
     reused = sum(bool(t.pop("reused", False)) for t in tracks)
     manifest = {
         "format": FORMAT, "sample_rate": SAMPLE_RATE, "subtype": "PCM_16",
-        "settings": {"max_seconds": max_seconds, "max_tracks": max_tracks, "peak": PEAK,
+        "settings": {"max_seconds": max_seconds, "test_max_seconds": caps["test"], "max_tracks": max_tracks, "peak": PEAK,
                      "fade_seconds": FADE_SECONDS, "silent_below_dbfs": SILENT_DBFS},
         "soundfonts": {"gm": {"file": gm_font.name, "package": GM_FONT[0], "licence": GM_FONT[2]},
                        "drum_kits": {"files": [k.name for k in kits], "package": DRUM_FONTS[0],

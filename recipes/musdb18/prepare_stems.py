@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a MUSDB18-HQ-style stem set from General MIDI songs rendered with fluidsynth.
 
-    prepare_stems.py --root DIR [--max-seconds 60] [--max-tracks N] [--workers 2]
+    prepare_stems.py --root DIR [--max-seconds 60] [--test-max-seconds S] [--max-tracks N] [--workers 2]
 
 Fetches Debian packages (freedoom -> train; openttd-openmsx and
 planetblupi-music-midi -> test; FluidR3 GM and AVL drum-kit sound fonts) into
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, required=True, help="output folder (outside the repository)")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="cut every song here (default: 60)")
+    ap.add_argument("--test-max-seconds", type=float, default=None,
+                    help="cut test songs here instead (default: --max-seconds)")
     ap.add_argument("--max-tracks", type=int, default=None, help="at most N tracks per split")
     ap.add_argument("--workers", type=int, default=2, help="songs rendered in parallel (default: 2)")
     ap.add_argument("--cache", type=Path, default=None, help="package cache (default: ROOT/cache)")
@@ -52,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-f", "--force", action="store_true", help="re-render tracks a previous run finished")
     ap.add_argument("--no-check", action="store_true", help="skip opening the result with musdb")
     args = ap.parse_args(argv)
-    if args.max_seconds <= 0 or (args.max_tracks is not None and args.max_tracks < 0) or args.workers < 1:
-        ap.error("--max-seconds must be > 0, --max-tracks >= 0, --workers >= 1")
+    if args.max_seconds <= 0 or (args.test_max_seconds is not None and args.test_max_seconds <= 0) or (args.max_tracks is not None and args.max_tracks < 0) or args.workers < 1:
+        ap.error("--max-seconds and --test-max-seconds must be > 0, --max-tracks >= 0, --workers >= 1")
     try:
-        summary = build_stem_set(args.root, max_seconds=args.max_seconds, max_tracks=args.max_tracks,
+        summary = build_stem_set(args.root, max_seconds=args.max_seconds, test_max_seconds=args.test_max_seconds, max_tracks=args.max_tracks,
                                  workers=args.workers, cache=args.cache, drum_kits=not args.gm_drums,
                                  force=args.force)
     except WallocError as err:

@@ -272,3 +272,10 @@ def test_two_second_song_end_to_end_opens_in_musdb(tmp_path):
     again = build_from_songs(tmp_path, songs, font, [], max_seconds=60.0, log=lambda *a: None)
     assert again["reused"] == 3
     assert (tmp_path / "train" / "Synth - Train" / "mixture.wav").read_bytes() == before
+    # A test split cut shorter than train: only the test track is rendered again, and it is cut.
+    cut = build_from_songs(tmp_path, songs, font, [], max_seconds=60.0, test_max_seconds=1.0, log=lambda *a: None)
+    assert cut["reused"] == 2
+    assert (tmp_path / "train" / "Synth - Train" / "mixture.wav").read_bytes() == before
+    test_mix = musdb.DB(root=str(tmp_path), is_wav=True, subsets="test").tracks[0].audio
+    assert test_mix.shape[0] <= 1.0 * 44100 + 1
+    assert json.loads((tmp_path / "manifest.json").read_text())["settings"]["test_max_seconds"] == 1.0

@@ -40,6 +40,7 @@ fi
 conf=$exp/conf.yml
 root=$($PYTHON -c "import yaml,sys; print(yaml.safe_load(open('$conf'))['data']['root'] or '')")
 max_seconds=$($PYTHON -c "import yaml; print(yaml.safe_load(open('$conf'))['data']['max_seconds'])")
+test_max_seconds=$($PYTHON -c "import yaml; print(yaml.safe_load(open('$conf'))['data'].get('test_max_seconds') or '')")
 models=$($PYTHON -c "import yaml; print(' '.join(yaml.safe_load(open('$conf'))['training']['models']))")
 eval_jobs=$($PYTHON -c "import yaml; print(yaml.safe_load(open('$conf'))['data'].get('eval_jobs') or 1)")
 eval_oracle=$($PYTHON -c "import yaml; print(bool(yaml.safe_load(open('$conf'))['data'].get('eval_oracle', True)))")
@@ -47,7 +48,7 @@ eval_oracle=$($PYTHON -c "import yaml; print(bool(yaml.safe_load(open('$conf'))[
 if [[ $stage -le 0 && 0 -le $stop_stage ]]; then
   if [[ -z $root ]]; then
     echo "stage 0: building the local MUSDB-style set in $local_root"
-    $PYTHON ../prepare_stems.py --root "$local_root" --max-seconds "$max_seconds"
+    $PYTHON ../prepare_stems.py --root "$local_root" --max-seconds "$max_seconds" ${test_max_seconds:+--test-max-seconds "$test_max_seconds"}
     $PYTHON resolve_conf.py --conf "$conf" --out "$conf" --root "$local_root" >/dev/null
   else
     echo "stage 0: using $root"
