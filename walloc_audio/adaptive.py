@@ -90,6 +90,15 @@ def expand(v: np.ndarray, knee: float) -> np.ndarray:
     return v + np.sign(v) * (v * v) * np.float32(0.5 / knee)
 
 
+def round_symbols(v: np.ndarray, deadzone: float = 0.0) -> np.ndarray:
+    """Symbols of companded values ``v``: nearest integer, or with a dead zone ``0 <= deadzone < 0.5``
+    (``sign(v) * floor(|v| + 0.5 - deadzone)``: every bin's lower edge moves ``deadzone`` outwards, so
+    small values fall to a cheaper symbol; the decoder's bin centroids absorb the shift)."""
+    if deadzone <= 0:
+        return np.rint(v)
+    return np.sign(v) * np.floor(np.abs(v) + np.float32(0.5 - deadzone))
+
+
 def band_scales(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Band scale ``S`` of each band of symbols ``q`` (see the module docstring).
 
@@ -120,11 +129,11 @@ class Quantized:
 
 
 def quantize(y: np.ndarray, delta: float, exponent: int, edges: np.ndarray, knee: float,
-             max_symbol: int) -> Quantized:
+             max_symbol: int, deadzone: float = 0.0) -> Quantized:
     """Quantize latents ``y`` ``[L, F]`` with the step of ``exponent``."""
     step = step_for(delta, exponent)
     v = compand(np.asarray(y, dtype=np.float32) / step, knee)
-    q = np.clip(np.rint(v), -max_symbol, max_symbol).astype(np.int32)
+    q = np.clip(round_symbols(v, deadzone), -max_symbol, max_symbol).astype(np.int32)
     return Quantized(int(exponent), q, band_scales(q, edges), v)
 
 
@@ -139,10 +148,12 @@ class AdaptiveCoder:
             previous band's (row ``S_LEVELS``: the first band).
         delta, knee, max_symbol: the model's step, compander knee and alphabet.
         reference_level: latent RMS of mastered music (encoder side: what quality means).
+        deadzone: the encoder's rounding dead zone (:func:`round_symbols`); the tables were fitted
+            with it. Decoders never read it: the centroids in ``offsets`` carry its effect.
     """
 
     def __init__(self, scales: np.ndarray, offsets: np.ndarray, side: np.ndarray, *, delta: float,
-                 knee: float, max_symbol: int, reference_level: float):
+                 knee: float, max_symbol: int, reference_level: float, deadzone: float = 0.0):
         self.scales = np.ascontiguousarray(scales, dtype=np.float32)
         self.offsets = np.ascontiguousarray(offsets, dtype=np.float32)
         self.side = np.ascontiguousarray(side, dtype=np.float64)
@@ -159,6 +170,9 @@ class AdaptiveCoder:
         self.channels = L
         self.delta, self.knee, self.max_symbol = float(delta), float(knee), int(max_symbol)
         self.reference_level = float(reference_level)
+        if not 0.0 <= deadzone < 0.5:
+            raise ValueError("v2 dead zone must be in [0, 0.5)")
+        self.deadzone = float(deadzone)
         self.thresholds = context_thresholds(CONTEXT_BUCKETS)
         self._scale64 = np.maximum(self.scales.astype(np.float64), 1e-3)
         self._family = constriction.stream.model.QuantizedLaplace(-self.max_symbol, self.max_symbol)
@@ -179,7 +193,7 @@ class AdaptiveCoder:
         return band_edges(self.channels, bands)
 
     def quantize(self, y: np.ndarray, exponent: int, bands: int) -> Quantized:
-        return quantize(y, self.delta, exponent, self.edges(bands), self.knee, self.max_symbol)
+        return quantize(y, self.delta, exponent, self.edges(bands), self.knee, self.max_symbol, self.deadzone)
 
     def _channel_scale(self, s: np.ndarray, edges: np.ndarray) -> np.ndarray:
         return np.repeat(s, np.diff(edges))

@@ -258,7 +258,8 @@ def _load_adaptive(name: str, meta_path: Path, info: dict, config: CodecConfig) 
         t = load_numpy(data)
         coder = AdaptiveCoder(t["scales"], t["offsets"], t["side"], delta=float(t["delta"][0]),
                               knee=float(t["knee"][0]), max_symbol=int(t["max_symbol"][0]),
-                              reference_level=float(t["reference_level"][0]))
+                              reference_level=float(t["reference_level"][0]),
+                              deadzone=float(t["deadzone"][0]) if "deadzone" in t else 0.0)
     except (KeyError, ValueError, IndexError) as exc:
         raise ModelError(f"model {name!r}: unusable v2 entropy model ({exc})") from None
     if coder.channels != config.latent_dim or coder.max_symbol != 2 ** (config.latent_bits - 1) - 1:
@@ -274,6 +275,8 @@ def save_adaptive(folder: Path, name: str, coder: AdaptiveCoder, extra: dict | N
                "delta": np.array([coder.delta]), "knee": np.array([coder.knee]),
                "max_symbol": np.array([coder.max_symbol], dtype=np.int64),
                "reference_level": np.array([coder.reference_level])}
+    if coder.deadzone:  # absent: rounding to nearest (every table fitted before the dead zone)
+        tensors["deadzone"] = np.array([coder.deadzone])
     data = save_numpy({k: np.ascontiguousarray(v) for k, v in tensors.items()})
     meta_path = folder / f"{name}.json"
     info = json.loads(meta_path.read_text())

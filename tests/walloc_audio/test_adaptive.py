@@ -253,3 +253,32 @@ def test_the_bucket_lookup_tables_are_the_thresholds():
     f = np.arange(-1, 4 * ad._lut_cap + 10)
     assert np.array_equal(ad._bucket_lut_from_minus1[np.minimum(f, ad._lut_cap) + 1], ad.buckets(f))
     assert np.array_equal(ad._bucket_lut[np.minimum(f[1:], ad._lut_cap)], ad.buckets(f[1:]))
+
+
+def test_a_dead_zone_rounds_small_values_down_and_survives_save_and_load(linear, tmp_path):
+    import shutil
+
+    from walloc_audio.adaptive import AdaptiveCoder, round_symbols
+    from walloc_audio.pretrained import PACKAGE_MODELS, save_adaptive
+    from walloc_audio.tools.training.fit_adaptive import packet_symbols
+
+    v = np.array([-1.6, -1.2, -0.6, -0.5, 0.4, 0.5, 0.69, 0.71, 1.5, 2.49], dtype=np.float32)
+    assert np.array_equal(round_symbols(v, 0.0), np.rint(v))  # no dead zone: nearest, ties to even
+    assert round_symbols(v, 0.2).tolist() == [-1, -1, 0, 0, 0, 0, 0, 1, 1, 2]  # edges at 0.7, 1.7, 2.7
+    ad = linear.adaptive
+    coder = AdaptiveCoder(ad.scales, ad.offsets, ad.side, delta=ad.delta, knee=ad.knee, max_symbol=ad.max_symbol,
+                          reference_level=ad.reference_level, deadzone=0.25)
+    rng = np.random.default_rng(5)
+    y = (rng.laplace(size=(linear.config.latent_dim, 16)) * 0.05).astype(np.float32)
+    plain, zoned = ad.quantize(y, 0, 2), coder.quantize(y, 0, 2)
+    assert np.count_nonzero(zoned.symbols) < np.count_nonzero(plain.symbols)
+    assert np.all(np.abs(zoned.symbols) <= np.abs(plain.symbols))
+    q, _, _, _ = packet_symbols(y, np.array([0]), 16, 2, ad.delta, ad.knee, ad.max_symbol, 0.25)
+    assert np.array_equal(q[:, 0], zoned.symbols)  # the fit sees what the encoder codes
+    for name in ("stereo-5x-linear.json", "stereo-5x-linear.safetensors"):
+        shutil.copy(PACKAGE_MODELS / name, tmp_path / name)
+    save_adaptive(tmp_path, "stereo-5x-linear", coder)
+    assert load_model("stereo-5x-linear", folder=tmp_path).adaptive.deadzone == 0.25
+    with pytest.raises(ValueError, match="dead zone"):
+        AdaptiveCoder(ad.scales, ad.offsets, ad.side, delta=ad.delta, knee=ad.knee, max_symbol=ad.max_symbol,
+                      reference_level=ad.reference_level, deadzone=0.5)

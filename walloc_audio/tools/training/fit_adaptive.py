@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from walloc_audio.adaptive import (CONTEXT_BUCKETS, S_LEVELS, S_ZERO, AdaptiveCoder, band_edges, band_scales, bands_for,
-                       compand, expand, step_for)
+                       compand, expand, round_symbols, step_for)
 from walloc_audio.bitstream import PACKET_HEADER_BYTES
 from walloc_audio.entropy import _activity, context_thresholds, laplace_bin_probability
 from walloc_audio.ratecontrol import LevelTracker, exponent_for
@@ -49,7 +49,7 @@ def packet_exponents(y: np.ndarray, frames: int, quality: float, tracker: LevelT
 
 
 def packet_symbols(y: np.ndarray, exponents: np.ndarray, frames: int, bands: int, delta: float, knee: float,
-                   max_symbol: int):
+                   max_symbol: int, deadzone: float = 0.0):
     """Vectorised :func:`~walloc_audio.adaptive.quantize` over packets.
 
     Returns ``q, v`` ``[L, P, F]``, band scales ``[P, bands]`` and context buckets ``[L, P, F]``.
@@ -59,7 +59,7 @@ def packet_symbols(y: np.ndarray, exponents: np.ndarray, frames: int, bands: int
     steps = np.array([step_for(delta, e) for e in exponents], dtype=np.float32)  # the encoder's own steps
     u = y[:, : p * frames].reshape(L, p, frames).astype(np.float32) / steps[None, :, None]
     v = compand(u, knee)
-    q = np.clip(np.rint(v), -max_symbol, max_symbol).astype(np.int32)
+    q = np.clip(round_symbols(v, deadzone), -max_symbol, max_symbol).astype(np.int32)
     s = band_scales(q, band_edges(L, bands))  # [bands, P]
     # context features inside each packet (entropy.context_features, vectorised over packets)
     a = np.abs(q).astype(np.int64)
@@ -134,7 +134,8 @@ class Accumulator:
 
 
 def fit_adaptive(latents: list[np.ndarray], *, delta: float, knee: float, max_symbol: int, frame_seconds: float,
-                 centroids: bool, qualities=(2.5, 5.0, 7.5), packet_frames=(64, 2), log=None) -> AdaptiveCoder:
+                 centroids: bool, qualities=(2.5, 5.0, 7.5), packet_frames=(64, 2), log=None,
+                 deadzone: float = 0.0) -> AdaptiveCoder:
     """Fit an :class:`AdaptiveCoder` on float latents ``[L, K]`` of training clips."""
     L = latents[0].shape[0]
     ref = reference_level(latents)
@@ -147,11 +148,12 @@ def fit_adaptive(latents: list[np.ndarray], *, delta: float, knee: float, max_sy
             for y in latents:
                 e = packet_exponents(y, F, qual, tracker)
                 if e.size:
-                    acc.add(*packet_symbols(y, e, F, bands, delta, knee, max_symbol), edges)
+                    acc.add(*packet_symbols(y, e, F, bands, delta, knee, max_symbol, deadzone), edges)
         if log:
             log(f"  fitted packets of {F} frames ({bands} bands)")
     scales, offsets, side = acc.solve(centroids)
-    return AdaptiveCoder(scales, offsets, side, delta=delta, knee=knee, max_symbol=max_symbol, reference_level=ref)
+    return AdaptiveCoder(scales, offsets, side, delta=delta, knee=knee, max_symbol=max_symbol, reference_level=ref,
+                         deadzone=deadzone)
 
 
 def ideal_bits(coder: AdaptiveCoder, y: np.ndarray, frames: int, quality: float, frame_seconds: float,
@@ -163,7 +165,7 @@ def ideal_bits(coder: AdaptiveCoder, y: np.ndarray, frames: int, quality: float,
     L = y.shape[0]
     bands = bands_for(frames, L)
     edges = band_edges(L, bands)
-    q, v, s, b = packet_symbols(y, e, frames, bands, coder.delta, coder.knee, coder.max_symbol)
+    q, v, s, b = packet_symbols(y, e, frames, bands, coder.delta, coder.knee, coder.max_symbol, coder.deadzone)
     sc = np.repeat(s.T, np.diff(edges), axis=0)
     active = np.broadcast_to((sc > 0)[:, :, None], q.shape)
     table = coder._scale64[np.arange(L)[:, None, None], (np.maximum(sc, 1) - 1)[:, :, None], b]

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Where the version-2 rate goes: the rounding dead zone and the level tracker's release.
+
+    python recipes/codec/quantizer_probe.py --data $WALLOC_DATA/music [--model stereo-5x-linear]
+        [--deadzones 0,0.1,0.2,0.3] [--releases 0.5,0]
+
+Float latents of the first ``--train-seconds`` of every training track refit the entropy model
+(:func:`~walloc_audio.tools.training.fit_adaptive.fit_adaptive`) once per dead zone; the first
+``--val-seconds`` of every validation track are then coded at Q = 2..8 in 64-frame packets
+(ideal code lengths, side information included, framing not). Quality is the mean over tracks of
+each track's latent SNR (what the paper's per-clip PSNR averages, up to each clip's constant).
+Each variant's kbps is divided by the dead-zone-0 fit's at equal quality, read off both curves
+at five points; a release sets the tracker's fall in dB/s (the shipped 2 dB/s is the reference).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from walloc_audio.pretrained import load_model
+from walloc_audio.tools.training.fit_adaptive import fit_adaptive, ideal_bits
+from walloc_audio.tools.training.linear_fit import iter_clips, read_list
+
+QUALITIES = (2, 3, 4, 5, 6, 7, 8)
+FRAMES = 64
+
+
+def latents(model, paths: list[str], seconds: float) -> list[np.ndarray]:
+    cfg = model.config
+    out = []
+    with torch.no_grad():
+        for _, x in iter_clips(paths, cfg.sample_rate, cfg.channels, max_seconds=seconds):
+            n = x.shape[-1] // cfg.frame * cfg.frame
+            if n:
+                xt = torch.as_tensor(np.ascontiguousarray(x[..., :n]), dtype=torch.float32)[None]
+                out.append(model.codec.analyze(xt)[0].numpy())
+    return out
+
+
+def curve(coder, val: list[np.ndarray], frame_seconds: float, release: float | None = None) -> np.ndarray:
+    """``[(kbps, mean latent SNR dB)]`` at each quality."""
+    points = []
+    for q in QUALITIES:
+        bits = seconds = 0.0
+        snrs = []
+        for y in val:
+            b, err, _ = ideal_bits(coder, y, FRAMES, q, frame_seconds, release)
+            kept = y[:, : (y.shape[1] // FRAMES) * FRAMES].astype(np.float64)
+            bits += b
+            seconds += kept.shape[1] * frame_seconds
+            snrs.append(10 * np.log10((kept**2).sum() / max(err, 1e-20)))
+        points.append((bits / seconds / 1000, float(np.mean(snrs))))
+    return np.array(points)
+
+
+def ratio(c: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """kbps of ``c`` over ``base`` at five qualities both curves cover."""
+    grid = np.linspace(max(c[:, 1].min(), base[:, 1].min()), min(c[:, 1].max(), base[:, 1].max()), 5)
+    return grid, np.interp(grid, c[:, 1], c[:, 0]) / np.interp(grid, base[:, 1], base[:, 0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="folder with train.txt and val.txt")
+    ap.add_argument("--model", default="stereo-5x-linear")
+    ap.add_argument("--deadzones", default="0,0.1,0.2,0.3")
+    ap.add_argument("--releases", default="0.5,0", help="level tracker releases in dB/s (shipped: 2)")
+    ap.add_argument("--train-seconds", type=float, default=15.0)
+    ap.add_argument("--val-seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    ad, cfg = model.adaptive, model.config
+    fs = cfg.frame / cfg.sample_rate
+    train = latents(model, read_list(args.data / "train.txt"), args.train_seconds)
+    val = latents(model, read_list(args.data / "val.txt"), args.val_seconds)
+    print(f"{args.model}: {len(train)} training clips, {len(val)} validation clips of {args.val_seconds:g} s")
+    variants = {}
+    for dz in sorted({0.0, *(float(v) for v in args.deadzones.split(","))}):
+        coder = fit_adaptive(train, delta=ad.delta, knee=ad.knee, max_symbol=ad.max_symbol, frame_seconds=fs,
+                             centroids=model.codec.decoder.net is None, deadzone=dz)
+        if dz == 0.0:
+            base_coder = coder
+        variants[f"dead zone {dz:g}"] = curve(coder, val, fs)
+    for rel in [float(v) for v in args.releases.split(",") if v.strip()]:
+        variants[f"release {rel:g} dB/s"] = curve(base_coder, val, fs, rel)
+    base = variants["dead zone 0"]
+    print(f"{'variant':20s} kbps at Q={QUALITIES[0]}..{QUALITIES[-1]}  /  kbps ÷ dead zone 0 at equal latent SNR")
+    for name, c in variants.items():
+        grid, r = ratio(c, base)
+        print(f"{name:20s} " + " ".join(f"{k:5.1f}" for k in c[:, 0]) + "  /  "
+              + " ".join(f"{v:.3f}@{g:.1f}dB" for g, v in zip(grid, r)))
+
+
+if __name__ == "__main__":
+    main()
