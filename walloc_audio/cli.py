@@ -357,8 +357,9 @@ def models():
     """List installed models: dimension reduction, latency, size, measured rate and quality."""
     from .pretrained import DEFAULT_MODEL, list_models
 
-    t = Table(title="installed models", caption="kbps, SNR, PSNR, ViSQOL: held-out music at the default bitstream "
-                                                "and quality, real packets (recipes/codec/measure_models.py)")
+    t = Table(title="installed models", caption="kbps, SNR, PSNR, ViSQOL: held-out music coded as `encode` writes "
+                                                "files (default bitstream, quality and noise fill), real packets "
+                                                "(recipes/codec/measure_models.py)")
     t.add_column("name", no_wrap=True)
     for col in ("J", "latents", "DR", "latency", "params", "weights", "kbps", "SNR", "PSNR (paper)", "ViSQOL",
                 "kind"):

@@ -47,15 +47,18 @@ def fit_entropy(codec: WallocCodec, tracks: list[torch.Tensor], cfg: TrainConfig
     return {"probabilities": fit_probabilities(counts)}
 
 
-def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, jobs: int = 1) -> dict:
+def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, jobs: int = 1,
+            fill: bool = True) -> dict:
     """kbps, bits/latent, SNR and paper PSNR through the real bitstream (encode -> bytes -> decode).
 
     ``tracks``: ``[C, T]`` arrays or tensors; the first ``seconds`` of each, at the default
-    quality of the model's default bitstream, 64-frame packets, container framing counted.
+    quality of the model's default bitstream, 64-frame packets, container framing counted; on
+    version 2 with the noise fill (``fill``) as ``walloc-audio encode`` writes files by default.
     Every model's card (``walloc-audio models``) is measured by this function; with
     ``visqol_seconds`` it also scores ViSQOL on the middle of each track (:mod:`walloc_audio.tools.evaluation.visqol`)."""
     from walloc_audio.bitstream import PACKET_HEADER_BYTES
     from walloc_audio.codec_stream import OutputTrim, PacketDecoder, PacketEncoder
+    from walloc_audio.noisefill import FillSpec
 
     cfg = model.config
     n = int(seconds * cfg.sample_rate)
@@ -71,8 +74,10 @@ def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, 
         for t in tracks:
             x = np.ascontiguousarray(np.asarray(t)[:, :n], dtype=np.float32)
             enc = PacketEncoder(model, 64, 4)
+            if fill and enc.version == 2:
+                enc = PacketEncoder(model, 64, 4, fill=FillSpec())
             packets = enc.push(x) + enc.flush()
-            dec = PacketDecoder(model, enc.version, enc.bands)
+            dec = PacketDecoder(model, enc.version, enc.bands, fill=enc.fill)
             trim = OutputTrim.for_stream(cfg, 64, cfg.channels)
             pieces = [trim.release(trim.align(p)) for p in dec.decode_many(packets)]
             pieces.append(trim.finish(x.shape[1], strict=False))
@@ -94,6 +99,7 @@ def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, 
         visqol = {"visqol": round(float(np.mean(got)), 3) if got else None, "visqol_tracks": len(got),
                   "visqol_seconds": visqol_seconds}
     return {"tracks": len(tracks), "seconds": round(dur, 1), "bitstream": enc.version, **visqol,
+            "fill": enc.fill is not None,
             **({"quality": enc.rate.quality} if enc.version == 2 else {}),
             "kbps": round(bits / dur / 1000, 3),
             "bits_per_latent": round(bits / (frames * cfg.latent_dim), 4),

@@ -81,6 +81,7 @@ def test_training_lowers_the_loss_resumes_and_exports(data, tmp_path):
     folder = out / "export"
     meta = json.loads((folder / "tiny.json").read_text())
     assert meta["config"]["entropy"] == "context" and meta["validation"]["kbps"] > 0
+    assert meta["validation"]["bitstream"] == 2 and meta["validation"]["fill"]  # measured as `encode` writes files
     model = load_model("tiny", expected_sha256=meta["sha256"], folder=folder)
     from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
 
