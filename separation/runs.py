@@ -49,17 +49,27 @@ def _pcm_stems(track) -> np.ndarray:
     return np.stack([track.targets[s].audio.T for s in STEMS]).astype(np.float32)  # [S, C, T]
 
 
+def _first_seconds(x: np.ndarray, seconds: float | None, rate: int = 44100) -> np.ndarray:
+    """The first ``seconds`` of ``[..., T]`` audio (all of it for None)."""
+    return x if seconds is None else np.ascontiguousarray(x[..., : int(round(seconds * rate))])
+
+
 class LatentValidator:
     """Validation from coded mixtures: ``.wlc`` latents -> separator -> linear synthesis, vs the PCM stems."""
 
-    def __init__(self, sources, model: LoadedModel, tracks, chunk_frames: int = 4096):
+    def __init__(self, sources, model: LoadedModel, tracks, chunk_frames: int = 4096,
+                 seconds: float | None = None):
         self.front = WallocFrontEnd(model)
         by_name = {t.name: t for t in iter_tracks(sources, model, rows=("mixture",))}
         missing = [t.name for t in tracks if t.name not in by_name]
         if missing:
             raise ValueError(f"validation tracks without a coded mixture: {missing}")
-        self.inputs = [torch.from_numpy(by_name[t.name].latents["mixture"]) for t in tracks]
-        self.refs = [_pcm_stems(t) for t in tracks]
+        self.refs = [_first_seconds(_pcm_stems(t), seconds) for t in tracks]
+        c = model.config
+        # The latents that synthesise the kept samples: their frames and the synthesis delay's.
+        margin = -(-c.delay_samples // c.frame) + 1
+        self.inputs = [torch.from_numpy(by_name[t.name].latents["mixture"][:, : -(-r.shape[-1] // c.frame) + margin])
+                       for t, r in zip(tracks, self.refs)]
         self.chunk = chunk_frames
 
     def __call__(self, net) -> dict:
@@ -73,9 +83,11 @@ class LatentValidator:
 class WaveformValidator:
     """Validation on PCM mixtures for waveform-domain and spectrogram models."""
 
-    def __init__(self, tracks, separate: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]):
-        self.inputs = [torch.from_numpy(np.ascontiguousarray(t.audio.T, dtype=np.float32)) for t in tracks]
-        self.refs = [_pcm_stems(t) for t in tracks]
+    def __init__(self, tracks, separate: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+                 seconds: float | None = None):
+        self.inputs = [torch.from_numpy(_first_seconds(np.ascontiguousarray(t.audio.T, dtype=np.float32), seconds))
+                       for t in tracks]
+        self.refs = [_first_seconds(_pcm_stems(t), seconds) for t in tracks]
         self.separate = separate
 
     def __call__(self, net) -> dict:
@@ -115,6 +127,7 @@ def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None, *, va
     val_tracks = open_musdb(root, "train", split="valid") if validation else []
     if conf["data"].get("val_tracks"):
         val_tracks = val_tracks[: conf["data"]["val_tracks"]]
+    val_seconds = conf["data"].get("val_seconds")  # the first N s of each validation track (null: all)
 
     def loader(data, shuffle_epoch=True):
         dl = DataLoader(data, batch_size=tr["batch_size"], num_workers=tr["num_workers"], drop_last=True,
@@ -137,7 +150,8 @@ def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None, *, va
             from .cache import open_cache
 
             data = LatentRemixDataset(open_cache(exp / "cache" / "train", model), frames, **common)
-        validate = LatentValidator(open_sources(exp / "wlc" / "valid"), model, val_tracks) if validation else None
+        validate = (LatentValidator(open_sources(exp / "wlc" / "valid"), model, val_tracks, seconds=val_seconds)
+                    if validation else None)
         return Run(net, loss, loader(data), validate, data)
     samples = int(tr["segment_seconds"] * 44100) // 256 * 256
     data = WaveformRemixDataset(root, "train", samples, split="train", **common)
@@ -159,4 +173,4 @@ def build_run(kind: str, conf: dict, exp: Path, model: LoadedModel | None, *, va
             return torch.cat([n(x[None, :, i : i + chunk]) for i in range(0, x.shape[-1], chunk)], -1)[0]
     else:
         raise ValueError(f"unknown model kind {kind!r} ({' | '.join(KINDS)})")
-    return Run(net, loss, loader(data), WaveformValidator(val_tracks, separate) if validation else None, data)
+    return Run(net, loss, loader(data), WaveformValidator(val_tracks, separate, val_seconds) if validation else None, data)

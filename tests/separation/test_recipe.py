@@ -30,7 +30,7 @@ def test_all_stages_on_a_tiny_set(tmp_path):
             "masker.kwargs={n_blocks: 2, n_repeats: 1, bn_chan: 16, hid_chan: 32, skip_chan: 16}",
             "umx.hidden_size=16", "umx.nb_layers=1", "umx.stats_items=2", "shards.tracks_per_shard=1",
             "waveform.n_filters=32", "waveform.kernel_size=512", "waveform.stride=256", "data.eval_jobs=2",
-            "training.models=[latent, umx, waveform]"]
+            "data.val_seconds=2.0", "training.models=[latent, umx, waveform]"]
     exp = tmp_path / "exp" / tag
     cmd = ["bash", str(RECIPE / "run.sh"), "--stage", "0", "--tag", tag, "--root", str(root), "--exp-dir", str(exp)]
     for s in sets:
