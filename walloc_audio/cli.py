@@ -495,6 +495,7 @@ def bench(
     seconds: float = typer.Option(60.0, help="audio per throughput run (in memory, best of 3)"),
     minutes: float = typer.Option(10.0, help="length of the file encoded/decoded by the CLI for peak memory (0: skip)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+    fill: bool = typer.Option(True, "--fill/--no-fill", help="version 2 with the noise fill, as encode writes files"),
 ):
     """Throughput (1 thread and all threads), algorithmic latency and peak memory of every model."""
     import json
@@ -512,8 +513,10 @@ def bench(
     err.print(f"{len(names)} models; throughput on {seconds:g} s of stereo music in memory (M samples/s counts "
               f"both channels; x RT = times real time); peak RSS of the CLI on a {minutes:g}-minute file",
               highlight=False)
-    rows = bench_models(names, seconds, minutes, log=lambda r: err.print(f"  {r['model']} done", highlight=False))
-    t = Table(title=f"walloc-audio bench ({os.cpu_count()} CPU cores; M samples/s, x real time)", box=None)
+    rows = bench_models(names, seconds, minutes, log=lambda r: err.print(f"  {r['model']} done", highlight=False),
+                        fill=fill)
+    t = Table(title=f"walloc-audio bench ({os.cpu_count()} CPU cores; M samples/s, x real time; "
+                    f"noise fill {'on' if fill else 'off'})", box=None)
     cols = ["model", "ms"] + [f"enc {n}t" for n in threads] + [f"dec {n}t" for n in threads]
     if minutes > 0:
         cols += ["peak MB"]

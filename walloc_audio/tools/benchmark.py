@@ -31,6 +31,7 @@ from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
 from walloc_audio.compress import decode_stream, encode_stream
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.metrics import paper_psnr
+from walloc_audio.noisefill import FillSpec
 from walloc_audio.pretrained import DEFAULT_MODEL, load_model
 from walloc_audio.threads import set_threads
 
@@ -41,27 +42,31 @@ def _music(seconds: float, rate: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(x, reps)[:, : int(seconds * rate)])
 
 
-def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats: int = 3) -> dict:
+def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats: int = 3,
+               fill: bool = True) -> dict:
+    """Best-of-``repeats`` in-memory encode and decode; version 2 with the noise fill (``fill``), as
+    ``encode`` writes files."""
     set_threads(threads)
     model = load_model(model_name)
+    spec = FillSpec() if fill and model.adaptive is not None else None
     x = _music(seconds, model.config.sample_rate)
     block = 65536
     best_enc = best_dec = float("inf")
     for _ in range(repeats):
-        enc = PacketEncoder(model, fpp, group_packets=4)
+        enc = PacketEncoder(model, fpp, group_packets=4, fill=spec)
         t0 = time.perf_counter()
         packets = []
         for i in range(0, x.shape[1], block):
             packets += enc.push(x[:, i : i + block])
         packets += enc.flush()
         best_enc = min(best_enc, time.perf_counter() - t0)
-        dec = PacketDecoder(model, enc.version, enc.bands)
+        dec = PacketDecoder(model, enc.version, enc.bands, fill=spec)
         t0 = time.perf_counter()
         for i in range(0, len(packets), 16):
             dec.decode_many(packets[i : i + 16])
         best_dec = min(best_dec, time.perf_counter() - t0)
     n = x.size
-    return {"threads": threads, "samples": n, "enc_s": best_enc, "dec_s": best_dec,
+    return {"threads": threads, "samples": n, "fill": spec is not None, "enc_s": best_enc, "dec_s": best_dec,
             "enc_msps": n / best_enc / 1e6, "dec_msps": n / best_dec / 1e6,
             "enc_rt": seconds / best_enc, "dec_rt": seconds / best_dec,
             "kbps": 8 * sum(len(p) + PACKET_HEADER_BYTES for _, p in packets) / seconds / 1000}
@@ -130,7 +135,8 @@ def memory_check(model_name: str, minutes: float) -> None:
         print(f"  decoded length {r['decoded_samples']} samples (input {int(minutes * 60 * rate)})")
 
 
-def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64, log=print) -> list[dict]:
+def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64, log=print,
+                 fill: bool = True) -> list[dict]:
     """Throughput (1 thread and all), latency and peak memory of each model: ``walloc-audio bench``."""
     threads = sorted({1, os.cpu_count() or 1})
     rows = []
@@ -145,7 +151,8 @@ def bench_models(names: list[str], seconds: float, minutes: float, fpp: int = 64
             row = {"model": name, "J": cfg.J, "latents": cfg.latent_dim, "parameters": model.num_parameters(),
                    "latency_ms": round(cfg.latency_ms, 2), "latency_samples": cfg.latency_samples}
             for t in threads:
-                r = throughput(name, seconds, t, fpp)
+                r = throughput(name, seconds, t, fpp, fill=fill)
+                row["fill"] = r["fill"]
                 row[f"encode_msps_{t}t"], row[f"encode_x_rt_{t}t"] = round(r["enc_msps"], 2), round(r["enc_rt"], 1)
                 row[f"decode_msps_{t}t"], row[f"decode_x_rt_{t}t"] = round(r["dec_msps"], 2), round(r["dec_rt"], 1)
             if src:
