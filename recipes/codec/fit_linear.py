@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--min-step", type=float, default=5e-4)
     ap.add_argument("--max-step", type=float, default=2e-2)
     ap.add_argument("--steps", type=int, default=9)
+    ap.add_argument("--emphasis", type=float, default=0.0,
+                    help="PCA of coefficients weighted max(1, f / --emphasis-hz) ** E (0: plain PCA)")
+    ap.add_argument("--emphasis-hz", type=float, default=1000.0)
     ap.add_argument("--out", type=Path, default=PACKAGE_MODELS)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -51,6 +54,7 @@ def main() -> None:
     print(f"train {len(train)} tracks {minutes(train):.1f} min, val {len(val)} tracks {minutes(val):.1f} min, "
           f"skipped {len(skipped)}")
     cov, frames = lf.coefficient_covariance(train, cfg.J, cfg.channels)
+    weights = lf.emphasis_weights(cfg, args.emphasis, args.emphasis_hz) if args.emphasis else None
     evals = np.sort(np.linalg.eigvalsh(cov))[::-1]
     kept = evals[: cfg.latent_dim].sum() / evals.sum()
     print(f"PCA on {frames} frames: top {cfg.latent_dim} components keep {100 * kept:.3f}% of the energy; "
@@ -60,14 +64,14 @@ def main() -> None:
     fit_part, probe_part = train[::4], train[1::8]
     best = None
     for step in np.geomspace(args.min_step, args.max_step, args.steps):
-        codec = lf.linear_codec(cfg, cov, float(step))
+        codec = lf.linear_codec(cfg, cov, float(step), weights)
         coder = EntropyCoder(fit_probabilities(lf.symbol_counts(codec, fit_part)))
         m = lf.evaluate(codec, coder, probe_part[:8])
         print(f"  step {step:.2e}: {m['kbps']:6.1f} kbps  SNR {m['snr_db']:5.1f} dB  PSNR(paper) {m['psnr_paper_db']:5.1f} dB")
         if best is None or abs(math.log(m["kbps"] / args.target_kbps)) < abs(math.log(best[1] / args.target_kbps)):
             best = (float(step), m["kbps"])
     step = best[0]
-    codec = lf.linear_codec(cfg, cov, step)
+    codec = lf.linear_codec(cfg, cov, step, weights)
     probs = fit_probabilities(lf.symbol_counts(codec, train))
     margin = lf.saturation_margin(codec)
     print(f"worst-case full-scale latent / quantizer range: {margin:.3f} (< 1: nothing can saturate)")
@@ -85,7 +89,8 @@ def main() -> None:
             "kind": "linear",
             "training": {"tracks": len(train), "minutes": round(minutes(train), 1), "step": step,
                          "saturation_margin": round(margin, 4),
-                         "energy_kept": float(kept), "recipe": "recipes/codec/fit_linear.py",
+                         "energy_kept": float(kept),
+                         **({"emphasis": args.emphasis, "emphasis_hz": args.emphasis_hz} if args.emphasis else {}), "recipe": "recipes/codec/fit_linear.py",
                          "seconds": round(time.time() - t0, 1)},
             "validation": {"tracks": len(val), **{k: round(v, 3) for k, v in metrics.items()}},
         },

@@ -71,18 +71,37 @@ def coefficient_covariance(clips: Iterable[tuple[str, np.ndarray]], J: int, chan
     return (cov / max(frames, 1)).numpy(), frames
 
 
-def linear_codec(config: CodecConfig, covariance: np.ndarray, step: float) -> WallocCodec:
-    """Codec whose encoder is the top principal components and decoder their transpose."""
-    evals, evecs = np.linalg.eigh(covariance)
+def emphasis_weights(config: CodecConfig, emphasis: float, corner_hz: float = 1000.0) -> np.ndarray:
+    """Amplitude weight of every coefficient ``[C * 2**J]`` (channel-major, frequency order):
+    ``max(1, f / corner_hz) ** emphasis`` at each subband's centre frequency ``f``; 0: all ones."""
+    p = 2**config.J
+    centre = (np.arange(p) + 0.5) * config.sample_rate / 2 / p
+    w = np.maximum(1.0, centre / corner_hz) ** float(emphasis)
+    return np.tile(w, config.channels)
+
+
+def linear_codec(config: CodecConfig, covariance: np.ndarray, step: float,
+                 weights: np.ndarray | None = None) -> WallocCodec:
+    """Codec whose encoder is the top principal components and decoder their transpose.
+
+    With ``weights`` (per coefficient, e.g. :func:`emphasis_weights`), the components are those
+    of the weighted coefficients ``W c``: the encoder is ``U^T W`` and the decoder ``W^-1 U``, so
+    the latents stay linear in the audio but the kept subspace (and the quantization noise) is
+    chosen in the weighted domain -- more latents for the bands the weights lift.
+    """
+    w = np.ones(covariance.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    evals, evecs = np.linalg.eigh(covariance * w[:, None] * w[None, :])
     order = np.argsort(evals)[::-1][: config.latent_dim]
-    basis = evecs[:, order].T.astype(np.float32)  # [L, D]
+    basis = evecs[:, order].T  # [L, D]
     # Sign convention: make the largest entry of each component positive (stable across runs).
     signs = np.sign(basis[np.arange(len(basis)), np.abs(basis).argmax(axis=1)])
     basis *= signs[:, None]
+    encoder = (basis * w[None, :]).astype(np.float32)
+    decoder = (basis.T / w[:, None]).astype(np.float32)
     codec = WallocCodec(config)
     with torch.no_grad():
-        codec.encoder.copy_(torch.from_numpy(basis))
-        codec.decoder.linear.copy_(torch.from_numpy(basis.T.copy()))
+        codec.encoder.copy_(torch.from_numpy(encoder))
+        codec.decoder.linear.copy_(torch.from_numpy(decoder))
         codec.bottleneck.log_step.fill_(math.log(step))
     codec.eval()
     return codec

@@ -114,6 +114,19 @@ def test_pca_init_is_the_linear_codec_and_bad_data_is_refused(data, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(codec.synthesize(codec.analyze(x)), ref.synthesize(ref.analyze(x)))
 
+    # Emphasis: the weighted PCA keeps its latents linear and, at full rank, still inverts exactly;
+    # at 16 of 32 dimensions it spends more of its basis on the lifted (upper) bands.
+    from walloc_audio.tools.training.linear_fit import emphasis_weights
+
+    w = emphasis_weights(CodecConfig(J=4, latent_dim=16), 1.0, corner_hz=2000.0)
+    assert w.shape == (32,) and w[0] == 1.0 and w[15] > 9.0 and np.array_equal(w[:16], w[16:])
+    full = linear_codec(CodecConfig(J=4, latent_dim=32), cov, 2e-3, w)
+    e, d = full.encoder.detach().double().numpy(), full.decoder.linear.detach().double().numpy()
+    np.testing.assert_allclose(d @ e, np.eye(32), atol=1e-5)
+    lifted = linear_codec(CodecConfig(J=4, latent_dim=16), cov, 2e-3, w).decoder.linear.detach().double().numpy()
+    upper = lambda m: float((m.reshape(2, 16, -1)[:, 8:] ** 2).sum() / (m**2).sum())  # noqa: E731
+    assert upper(lifted * w[:, None]) > upper(ref.decoder.linear.detach().double().numpy())
+
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.wav").write_bytes(b"RIFF junk")
