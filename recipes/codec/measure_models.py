@@ -3,8 +3,8 @@
 
 kbps (container framing included), bits/latent, SNR, PSNR (paper convention) and ViSQOL (audio
 mode, the middle ``--visqol-seconds`` of each excerpt) of the first
-``--seconds`` of each validation track, encoded at the model's default bitstream and quality and
-decoded back (``walloc_audio.tools.training.measure``, the function ``walloc-audio train`` uses at export).
+``--seconds`` of each validation track, encoded as ``walloc-audio encode`` writes files (the model's
+default bitstream and quality, the noise fill on version 2) and decoded back (``walloc_audio.tools.training.measure``, the function ``walloc-audio train`` uses at export).
 Writes ``validation`` into each ``NAME.json``; weights and their hashes are untouched.
 
     python recipes/codec/measure_models.py --data $WALLOC_DATA/music
@@ -41,7 +41,8 @@ def main() -> None:
         tracks = [x for _, x in iter_clips(val, c.sample_rate, c.channels, max_seconds=args.seconds)]
         record = measure(model, tracks, args.seconds, args.visqol_seconds or None, args.jobs)
         record["method"] = (f"recipes/codec/measure_models.py: first {args.seconds:g} s of each of {len(tracks)} "
-                            "held-out tracks, real packets (encode -> bytes -> decode), framing counted")
+                            "held-out tracks, real packets (encode -> bytes -> decode), framing counted"
+                            + ("; noise fill on, as encode writes files" if record.get("fill") else ""))
         meta = args.folder / f"{name}.json"
         info = json.loads(meta.read_text())
         info["validation"] = record
