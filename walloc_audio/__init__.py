@@ -3,7 +3,7 @@
 Public API::
 
     from walloc_audio import load_model, compress_file, decompress_file
-    model = load_model("stereo-5x")                  # the default; see `walloc-audio models`
+    model = load_model("stereo-5x-linear")           # the default; see `walloc-audio models`
     compress_file("song.flac", "song.wlc", model, quality=5)
     decompress_file("song.wlc", "song.wav")
     z = model.runtime.analyze(x)                     # x: [C, T] float in [-1, 1] -> latents [L, T/N] (numpy)

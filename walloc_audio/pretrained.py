@@ -30,7 +30,7 @@ from .errors import ModelError
 from .runtime import RuntimeCodec, weight_shapes
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
-DEFAULT_MODEL = "stereo-5x"
+DEFAULT_MODEL = "stereo-5x-linear"  # the best ViSQOL and PSNR at equal rate (docs/codec.md, 2026-12-03)
 MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
 MIN_STEP_SCALE, MAX_STEP_SCALE = 0.125, 8.0
 CONTEXT_KEYS = ("entropy.scales", "entropy.offsets", "entropy.thresholds")

@@ -63,7 +63,7 @@ def test_real_music_round_trip_with_the_default_model(tmp_path, capsys):
     assert code == 0, err
     assert "kbps" in err
     code, out, _ = cli(capsys, "info", wlc)
-    assert code == 0 and "stereo-5x " in out and "kbps" in out  # the default: the trained 5x model
+    assert code == 0 and "stereo-5x-linear " in out and "kbps" in out  # the default: the linear 5x model
     code, _, err = cli(capsys, "decode", wlc, wav, "--subtype", "FLOAT")
     assert code == 0, err
     x, rate = sf.read(DEMO_CLIP, dtype="float32")
