@@ -150,7 +150,7 @@ def encode_stream(reader: AudioReader, out: BinaryIO, model: LoadedModel, frames
         raise AudioError("step scale is a version-1 setting; use quality or bitrate")
     cfg = model.config
     mode = channel_mode_for(reader.channels, cfg.channels, downmix, reader.name)
-    spec = (fill if isinstance(fill, FillSpec) else FillSpec()) if fill and version == 2 else None
+    spec = (fill if isinstance(fill, FillSpec) else FillSpec.for_frame(cfg.frame)) if fill and version == 2 else None
     header = stream_header(model, frames_per_packet, reader.source_rate or reader.sample_rate, reader.channels,
                            mode, version, {"group_packets": group_packets}, spec)
     rate = None

@@ -57,6 +57,8 @@ def test_all_stages_on_a_tiny_set(tmp_path):
     report = json.loads((exp / "wlc" / "report.json").read_text())
     assert report["parts"]["train"]["tracks"] == 2 and report["parts"]["valid"]["tracks"] == 1
     assert report["parts"]["train"]["x_smaller_than_pcm16"] > 10
+    flac = report["parts"]["train"]["flac_stem_bytes"]  # whole FLAC files: more than a header per stem
+    assert flac > 8 * 4 * 1000 and report["parts"]["train"]["x_smaller_than_flac"] > 1
     # Rerunning a finished stage reuses its output instead of starting over.
     r = subprocess.run(cmd[:2] + ["--stage", "1", "--stop-stage", "1", "--tag", tag, "--exp-dir", str(exp)],
                        capture_output=True, text=True, env=env, timeout=300)

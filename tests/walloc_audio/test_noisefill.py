@@ -171,3 +171,16 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
             StreamHeader(**h, fill=bad).validate()
     with pytest.raises(BitstreamError, match="noise fill"):
         StreamHeader(**{**h, "quantizer": "fixed", "bands": 0, "entropy_sha256": ""}, fill=FillSpec().to_header()).validate()
+
+
+def test_the_default_block_is_the_same_time_at_every_J(tmp_path):
+    assert FillSpec.for_frame(256).block == 4 and FillSpec.for_frame(64).block == 16  # 1024 samples
+    assert FillSpec.for_frame(4096).block == 1
+    from walloc_audio.bitstream import read_header
+    from walloc_audio.compress import compress_file
+
+    for name, block in (("stereo-5x-linear", 4), ("stereo-5x-ll-linear", 16)):
+        out = tmp_path / f"{name}.wlc"
+        compress_file(DEMO_CLIP, str(out), load_model(name))
+        with open(out, "rb") as f:
+            assert read_header(f).fill_spec().block == block  # what encode writes by default

@@ -48,7 +48,7 @@ def throughput(model_name: str, seconds: float, threads: int, fpp: int, repeats:
     ``encode`` writes files."""
     set_threads(threads)
     model = load_model(model_name)
-    spec = FillSpec() if fill and model.adaptive is not None else None
+    spec = FillSpec.for_frame(model.config.frame) if fill and model.adaptive is not None else None
     x = _music(seconds, model.config.sample_rate)
     block = 65536
     best_enc = best_dec = float("inf")

@@ -37,7 +37,7 @@ def flac_bytes(root, subset: str, split) -> int | None:
             buf = io.BytesIO()
             x, rate = sf.read(str(stem_path(track, s)), dtype="int16")
             sf.write(buf, x, rate, format="FLAC", subtype="PCM_16")
-            total += buf.tell()
+            total += buf.getbuffer().nbytes  # not tell(): libsndfile seeks back to finish the header
     return total
 
 
