@@ -212,7 +212,8 @@ def build_stem_set(root, *, max_seconds: float = 60.0, max_tracks: int | None = 
     gm_font, kits, notes = fetch_soundfonts(cache, drum_kits)
     songs, skipped = collect_songs(cache)
     return build_from_songs(root, songs, gm_font, kits, max_seconds=max_seconds, max_tracks=max_tracks,
-                            test_max_seconds=test_max_seconds, workers=workers, force=force, fluidsynth=fluidsynth, log=log, started=started,
+                            test_max_seconds=test_max_seconds, workers=workers, force=force, fluidsynth=fluidsynth,
+                            log=log, started=started,
                             skipped=[{"name": o, "split": None, "reason": r} for o, r in skipped], notes=notes)
 
 
@@ -292,7 +293,8 @@ def build_from_songs(root, songs: list[SongSource], gm_font: Path, kits: list[Pa
     reused = sum(bool(t.pop("reused", False)) for t in tracks)
     manifest = {
         "format": FORMAT, "sample_rate": SAMPLE_RATE, "subtype": "PCM_16",
-        "settings": {"max_seconds": max_seconds, "test_max_seconds": caps["test"], "max_tracks": max_tracks, "peak": PEAK,
+        "settings": {"max_seconds": max_seconds, "test_max_seconds": caps["test"], "max_tracks": max_tracks,
+                     "peak": PEAK,
                      "fade_seconds": FADE_SECONDS, "silent_below_dbfs": SILENT_DBFS},
         "soundfonts": {"gm": {"file": gm_font.name, "package": GM_FONT[0], "licence": GM_FONT[2]},
                        "drum_kits": {"files": [k.name for k in kits], "package": DRUM_FONTS[0],

@@ -39,6 +39,7 @@ import constriction
 import numpy as np
 
 from .errors import BitstreamError
+from .wavelets import subband_centres_hz
 
 DEFAULT_EDGES_HZ = (4000, 5000, 6300, 8000, 10000, 12500, 16000, 22050)
 # Blocks of 1024 samples (23 ms; 4 frames at J = 8, 16 at J = 6). Held-out clips, J = 8: blocks of
@@ -93,8 +94,7 @@ class FillSpec:
 
     def groups(self, J: int, sample_rate: int) -> list[np.ndarray]:
         """Frequency-ordered band indices of each group (groups without a band are kept empty)."""
-        p = 2**J
-        centre = (np.arange(p) + 0.5) * sample_rate / 2 / p
+        centre = subband_centres_hz(J, sample_rate)
         return [np.nonzero((centre >= a) & (centre < b))[0] for a, b in zip(self.edges_hz[:-1], self.edges_hz[1:])]
 
 

@@ -70,6 +70,12 @@ def _equivalent_filters(filters: tuple[tuple[float, ...], ...], levels: int) -> 
     return nodes
 
 
+def subband_centres_hz(levels: int, sample_rate: float) -> np.ndarray:
+    """Centre frequency of each frequency-ordered subband of a ``levels``-deep packet tree, Hz."""
+    p = 2**levels
+    return (np.arange(p) + 0.5) * sample_rate / 2 / p
+
+
 def freq_to_natural(levels: int) -> np.ndarray:
     """Natural tree index of each frequency-ordered band (the Gray code)."""
     f = np.arange(2**levels)

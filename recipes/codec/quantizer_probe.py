@@ -29,7 +29,8 @@ import torch
 from walloc_audio.adaptive import bands_for
 from walloc_audio.pretrained import load_model
 from walloc_audio.ratecontrol import LevelTracker
-from walloc_audio.tools.training.fit_adaptive import fit_adaptive, ideal_bits, packet_exponents, packet_symbols
+from walloc_audio.tools.training.fit_adaptive import (fit_adaptive, float_latents, ideal_bits, packet_exponents,
+                                                     packet_symbols)
 from walloc_audio.tools.training.linear_fit import iter_clips, read_list
 
 QUALITIES = (2, 3, 4, 5, 6, 7, 8)
@@ -38,14 +39,8 @@ FRAMES = 64
 
 def latents(model, paths: list[str], seconds: float) -> list[np.ndarray]:
     cfg = model.config
-    out = []
-    with torch.no_grad():
-        for _, x in iter_clips(paths, cfg.sample_rate, cfg.channels, max_seconds=seconds):
-            n = x.shape[-1] // cfg.frame * cfg.frame
-            if n:
-                xt = torch.as_tensor(np.ascontiguousarray(x[..., :n]), dtype=torch.float32)[None]
-                out.append(model.codec.analyze(xt)[0].numpy())
-    return out
+    return float_latents(model.codec, (x for _, x in iter_clips(paths, cfg.sample_rate, cfg.channels,
+                                                                    max_seconds=seconds)))
 
 
 def curve(coder, val: list[np.ndarray], frame_seconds: float, release: float | None = None) -> np.ndarray:

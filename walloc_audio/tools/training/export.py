@@ -73,9 +73,8 @@ def measure(model, tracks, seconds: float, visqol_seconds: float | None = None, 
     try:
         for t in tracks:
             x = np.ascontiguousarray(np.asarray(t)[:, :n], dtype=np.float32)
-            enc = PacketEncoder(model, 64, 4)
-            if fill and enc.version == 2:
-                enc = PacketEncoder(model, 64, 4, fill=FillSpec.for_frame(cfg.frame))
+            spec = FillSpec.for_frame(cfg.frame) if fill and model.adaptive is not None else None  # v2 only
+            enc = PacketEncoder(model, 64, 4, fill=spec)
             packets = enc.push(x) + enc.flush()
             dec = PacketDecoder(model, enc.version, enc.bands, fill=enc.fill)
             trim = OutputTrim.for_stream(cfg, 64, cfg.channels)

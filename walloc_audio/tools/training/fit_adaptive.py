@@ -198,24 +198,26 @@ def rate_curves(coder: AdaptiveCoder, latents: list[np.ndarray], frame_seconds: 
     return out
 
 
-def fit_codec_v2(codec, train_clips, val_clips, centroids: bool, log=None) -> tuple[AdaptiveCoder, dict]:
-    """Fit the v2 entropy model of a codec (torch) from audio clips ``[C, T]``; returns it and its record."""
+def float_latents(codec, clips) -> list[np.ndarray]:
+    """Float latents ``[L, K]`` of audio clips ``[C, T]`` (whole frames; empty clips dropped)."""
     import torch
 
     cfg = codec.config
+    out = []
+    with torch.no_grad():
+        for x in clips:
+            n = x.shape[-1] // cfg.frame * cfg.frame
+            if n:
+                xt = torch.as_tensor(np.ascontiguousarray(x[..., :n]), dtype=torch.float32)[None]
+                out.append(codec.analyze(xt)[0].numpy())
+    return out
+
+
+def fit_codec_v2(codec, train_clips, val_clips, centroids: bool, log=None) -> tuple[AdaptiveCoder, dict]:
+    """Fit the v2 entropy model of a codec (torch) from audio clips ``[C, T]``; returns it and its record."""
+    cfg = codec.config
     bn = codec.bottleneck
-
-    def latents(clips):
-        out = []
-        with torch.no_grad():
-            for x in clips:
-                n = x.shape[-1] // cfg.frame * cfg.frame
-                if n:
-                    xt = torch.as_tensor(np.ascontiguousarray(x[..., :n]), dtype=torch.float32)[None]
-                    out.append(codec.analyze(xt)[0].numpy())
-        return out
-
-    tr = latents(train_clips)
+    tr = float_latents(codec, train_clips)
     delta = float(bn.step().detach()[0])
     if not np.allclose(bn.step().detach().numpy(), delta):
         raise ValueError("the v2 quantizer needs one step for all latent channels")
@@ -225,6 +227,6 @@ def fit_codec_v2(codec, train_clips, val_clips, centroids: bool, log=None) -> tu
     record = {"reference_level": round(coder.reference_level, 6),
               "fitted_on_seconds": round(sum(y.shape[1] for y in tr) * fs, 1)}
     if val_clips:
-        record["rate_curves"] = rate_curves(coder, latents(val_clips), fs)
+        record["rate_curves"] = rate_curves(coder, float_latents(codec, val_clips), fs)
         record["rate_curves_note"] = "kbps at Q=-4..16: ideal code length + 14-byte framing, validation music"
     return coder, record

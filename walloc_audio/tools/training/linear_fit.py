@@ -25,7 +25,7 @@ from walloc_audio.errors import AudioError
 from walloc_audio.metrics import paper_psnr  # noqa: F401  (re-exported)
 from walloc_audio.config import CodecConfig
 from walloc_audio.tools.model import WallocCodec
-from walloc_audio.wavelets import PacketTransform
+from walloc_audio.wavelets import PacketTransform, subband_centres_hz
 
 
 def iter_clips(paths: Iterable[str], sample_rate: int, channels: int, max_seconds: float | None = None,
@@ -74,9 +74,7 @@ def coefficient_covariance(clips: Iterable[tuple[str, np.ndarray]], J: int, chan
 def emphasis_weights(config: CodecConfig, emphasis: float, corner_hz: float = 1000.0) -> np.ndarray:
     """Amplitude weight of every coefficient ``[C * 2**J]`` (channel-major, frequency order):
     ``max(1, f / corner_hz) ** emphasis`` at each subband's centre frequency ``f``; 0: all ones."""
-    p = 2**config.J
-    centre = (np.arange(p) + 0.5) * config.sample_rate / 2 / p
-    w = np.maximum(1.0, centre / corner_hz) ** float(emphasis)
+    w = np.maximum(1.0, subband_centres_hz(config.J, config.sample_rate) / corner_hz) ** float(emphasis)
     return np.tile(w, config.channels)
 
 
