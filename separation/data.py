@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from walloc_audio.errors import WallocError
 
-STEMS = ("drums", "bass", "other", "vocals")  # musdb's stem_ids 1..4
+from . import STEMS  # re-exported: the stems' names and order live in the package, torch-free
 
 
 class DatasetError(WallocError):

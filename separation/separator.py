@@ -16,6 +16,11 @@ synthesised by the codec's linear decoder into an audio file -- or, with
 ``wlc=True``, coded as a ``.wlc`` of its own. Separating audio: it is first
 coded in memory exactly as ``walloc-audio encode`` would (the separator sees
 what a ``.wlc`` holds, never the PCM).
+
+Running a separator needs neither torch nor asteroid: a TDConvNet separator
+runs in numpy (:mod:`separation.inference`), so ``separate`` works on the lean
+install. Other maskers (DPRNN) run through the torch model and need the
+``[separation]`` extra; saving a separator (training) always does.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from walloc_audio.errors import ModelError, WallocError
 from walloc_audio.pretrained import (PACKAGE_MODELS, SEPARATORS, LoadedModel, list_separators, load_model,
                                     safetensors_metadata, separator_folders)
 
-from .data import STEMS
+from . import STEMS
+from .inference import TDCNSeparator, UnsupportedNetwork
 
 SEPARATOR_FORMAT = "walloc-separator"
 SEPARATOR_VERSION = 1
@@ -76,11 +82,13 @@ def find_separator(name: str) -> Path:
 
 
 def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
-    """Load a separator and the codec it names (checked by sha256)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load a separator and the codec it names (checked by sha256).
 
-    from .models import LatentSeparator
+    ``Separator.net`` maps a latent mixture ``[L, K]`` (numpy) to its stems'
+    latents ``[S, L, K]``: the numpy TDConvNet, or for other maskers the torch
+    model behind the same call."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
     path = find_separator(name)
     try:
@@ -91,6 +99,8 @@ def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
         stems = json.loads(meta["stems"])
         if tuple(stems) != STEMS:
             raise ValueError(f"stems {stems} are not {list(STEMS)}")
+        if not isinstance(config, dict):
+            raise ValueError("its net metadata is not an object")
         state = load_file(str(path))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ModelError(f"{path}: not a usable separator ({exc})") from None
@@ -98,14 +108,35 @@ def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
     if config.get("latent_dim") != codec.config.latent_dim:
         raise ModelError(f"{path}: built for {config.get('latent_dim')} latents, {codec.name} has "
                          f"{codec.config.latent_dim}")
-    kw = {k: v for k, v in config.items() if k not in ("latent_dim", "n_src")}
     try:
-        net = LatentSeparator(config["latent_dim"], config["n_src"], **kw)
-        net.load_state_dict(state)
+        try:
+            net = TDCNSeparator(config, state)
+        except UnsupportedNetwork:
+            net = _TorchNet(config, state)
     except (RuntimeError, TypeError, ValueError, KeyError, AssertionError) as exc:
         raise ModelError(f"{path}: weights do not match the network its metadata describes ({exc})") from None
-    net.eval()
     return Separator(path.stem, path, net, codec, {**meta, "extra": json.loads(meta.get("extra", "{}"))})
+
+
+class _TorchNet:
+    """A separator the numpy path does not run (e.g. DPRNN), through :class:`separation.models.LatentSeparator`."""
+
+    def __init__(self, config: dict, state: dict):
+        import torch
+
+        from .models import LatentSeparator
+
+        kw = {k: v for k, v in config.items() if k not in ("latent_dim", "n_src")}
+        self.module = LatentSeparator(config["latent_dim"], config["n_src"], **kw)
+        self.module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        self.module.eval()
+        self.config = config
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(z, np.float32))[None])[0].numpy()
 
 
 # ----------------------------------------------------------------------- inference
@@ -113,6 +144,8 @@ def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
 
 class ChunkedMasker:
     """Runs the masker on a stream of latent frames in chunks with context; yields ``[S, L, n]`` pieces.
+
+    ``net`` maps latents ``[L, m]`` to ``[S, L, m]`` (numpy arrays).
 
     Each chunk of ``chunk`` frames is processed with up to ``context`` real
     frames of the stream on either side (none before the start or after the
@@ -129,11 +162,7 @@ class ChunkedMasker:
         self._start = 0  # index in _buf of the first frame not yet output
 
     def _run(self, n: int) -> np.ndarray:
-        import torch
-
-        x = self._buf[:, : self._start + n + self.context]
-        with torch.inference_mode():
-            y = self.net(torch.from_numpy(np.ascontiguousarray(x))[None])[0].numpy()
+        y = self.net(np.ascontiguousarray(self._buf[:, : self._start + n + self.context]))
         out = y[:, :, self._start : self._start + n]
         keep = max(0, self._start + n - self.context)
         self._buf, self._start = self._buf[:, keep:], self._start + n - keep

@@ -240,9 +240,6 @@ def _separate_one(src: str, out_dir: Path, name: Optional[str], fmt: str, wlc: b
     from separation.separator import load_separator, separate_file
 
     _set_threads(threads)
-    import torch
-
-    torch.set_num_threads(threads)
     return separate_file(src, out_dir, load_separator(name) if name else load_separator(), fmt=fmt, wlc=wlc,
                          overwrite=force, progress=progress)
 
@@ -259,7 +256,7 @@ def separate(
     threads: int = typer.Option(os.cpu_count() or 1, "--threads", "-t", help="threads for one file"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Separate music into drums, bass, other and vocals with a latent separator (needs the [separation] extra).
+    """Separate music into drums, bass, other and vocals with a shipped latent separator.
 
     From a .wlc the mixture is never decoded: the separator works on the latents
     the file holds. Audio inputs are coded in memory first, exactly as `encode` would."""
@@ -275,10 +272,6 @@ def separate(
     names = [Path(p).name.rsplit(".", 1)[0] for p in inputs]
     if len(set(names)) != len(names):
         raise WallocError("two inputs have the same name and would write the same stem folder; use separate runs")
-    import importlib
-
-    importlib.import_module("separation.separator")  # a lean install fails here, before anything is written
-
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -9,6 +9,7 @@ import torch
 
 from separation.data import STEMS
 from separation.models import LatentSeparator, WallocFrontEnd
+from separation.inference import TDCNSeparator, UnsupportedNetwork
 from separation.separator import ChunkedMasker, load_separator, save_separator, separate_file
 from separation.shards import read_latents
 from walloc_audio.cli import run
@@ -51,7 +52,10 @@ def test_chunked_masker_equals_one_pass_for_a_local_network():
     z = np.random.default_rng(0).standard_normal((6, 1000)).astype(np.float32)
     with torch.no_grad():
         whole = net(torch.from_numpy(z)[None])[0].numpy()
-    m = ChunkedMasker(net, 6, chunk=128, context=8)
+    def run_net(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x)[None])[0].numpy()
+    m = ChunkedMasker(run_net, 6, chunk=128, context=8)
     pieces = []
     for i in range(0, 1000, 77):  # packets of any size
         pieces += list(m.push(z[:, i : i + 77]))
@@ -59,6 +63,61 @@ def test_chunked_masker_equals_one_pass_for_a_local_network():
     out = np.concatenate(pieces, axis=2)
     assert out.shape == whole.shape
     np.testing.assert_allclose(out, whole, atol=1e-5)
+
+
+def _perturbed(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter away from its initial value (gLN gains/biases, PReLU slopes), as training leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize("kw", [{}, {"output": "map", "mask_act": "relu"}, {"mask_act": "sigmoid", "skip_chan": 0},
+                                {"mask_act": "softmax", "conv_kernel_size": 5, "n_blocks": 3}])
+def test_the_numpy_separator_equals_the_torch_model(kw):
+    """separation.inference runs asteroid's TDConvNet (through LatentSeparator) to float32 rounding."""
+    torch.manual_seed(0)
+    net = _perturbed(LatentSeparator(12, 4, scale=0.3, **{**SMALL, **kw}), 1)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    npnet = TDCNSeparator(net.config, state)
+    z = 0.5 * np.random.default_rng(2).standard_normal((12, 333)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(z)[None])[0].numpy()
+    out = npnet(z)
+    assert out.shape == ref.shape == (4, 12, 333) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_the_numpy_separator_checks_every_tensor():
+    net = LatentSeparator(12, 4, scale=0.3, **SMALL)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="missing tensor masker.TCN.1.res_conv.bias"):
+        TDCNSeparator(net.config, {k: v for k, v in state.items() if k != "masker.TCN.1.res_conv.bias"})
+    with pytest.raises(ValueError, match="unexpected tensor"):
+        TDCNSeparator(net.config, {**state, "masker.TCN.9.res_conv.bias": state["masker.TCN.1.res_conv.bias"]})
+    with pytest.raises(ValueError, match="shape"):
+        TDCNSeparator({**net.config, "hid_chan": 24}, state)
+    with pytest.raises(ValueError, match="scale"):
+        TDCNSeparator(net.config, {**state, "scale": np.array(-1.0, np.float32)})
+    with pytest.raises(UnsupportedNetwork):
+        TDCNSeparator({**net.config, "masker": "dprnn"}, state)
+    with pytest.raises(ValueError, match=r"\[12, K\]"):
+        TDCNSeparator(net.config, state)(np.zeros((11, 5), np.float32))
+
+
+def test_a_dprnn_separator_runs_through_torch(codec, tmp_path):
+    torch.manual_seed(0)
+    net = _perturbed(LatentSeparator(codec.config.latent_dim, 4, masker="dprnn", bn_chan=16, hid_size=16,
+                                     chunk_size=20, n_repeats=1), 3)
+    save_separator(tmp_path / "dprnn.safetensors", net, codec)
+    sep = load_separator(str(tmp_path / "dprnn.safetensors"))
+    assert not isinstance(sep.net, TDCNSeparator)
+    z = np.random.default_rng(0).standard_normal((codec.config.latent_dim, 90)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(z)[None])[0].numpy()
+    np.testing.assert_allclose(sep.net(z), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_separate_a_wlc_matches_offline_separation_and_never_decodes_the_mixture(song, separator_file, codec,
@@ -77,9 +136,8 @@ def test_separate_a_wlc_matches_offline_separation_and_never_decodes_the_mixture
     assert all(r == 44100 and x.shape == (frames, 2) for x, r in outs.values())
     # Offline: all latents at once through the separator and the codec's linear decoder.
     z, n = read_latents((song / "song.wlc").read_bytes(), codec)
-    with torch.no_grad():
-        est = sep.net(torch.from_numpy(z)[None])
-        ref = WallocFrontEnd(codec).decode(est, n)[0].numpy()  # [S, C, T]
+    est = torch.from_numpy(sep.net(z))[None]
+    ref = WallocFrontEnd(codec).decode(est, n)[0].numpy()  # [S, C, T]
     for i, s in enumerate(STEMS):
         np.testing.assert_allclose(outs[s][0].T, np.clip(ref[i], -1, 1), atol=2e-4)  # PCM_16 rounding
 

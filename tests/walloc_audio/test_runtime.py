@@ -160,11 +160,22 @@ def test_a_training_command_on_a_lean_install_names_the_extra(tmp_path):
     r = _lean(tmp_path, "eval", str(src), "--no-opus")
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "walloc-audio[train]" in lines[0], r.stderr.decode()[-2000:]
-    # separation's extra brings torch too: that is the one to name
-    r = _lean(tmp_path, "separate", str(src), "-o", str(tmp_path / "stems"))
-    lines = r.stderr.decode().strip().splitlines()
-    assert r.returncode == 1 and len(lines) == 1 and "walloc-audio[separation]" in lines[0], r.stderr.decode()[-2000:]
-    assert not (tmp_path / "stems").exists()
+
+
+def test_separate_runs_without_torch(tmp_path):
+    """The shipped (TDConvNet) separator runs in numpy: `separate` works on a lean install, from audio and .wlc."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "in.wav", tones(2.0).T, 44100)
+    for src in ("in.wav", "in.wlc"):
+        if src.endswith(".wlc"):
+            assert _lean(tmp_path, "encode", "in.wav", "in.wlc").returncode == 0
+        r = _lean(tmp_path, "separate", src, "-o", "stems", "-t", "1", "-f")
+        assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()[-2000:]
+        assert sorted(p.name for p in (tmp_path / "stems" / "in").iterdir()) == \
+            ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    stems = [read_audio(tmp_path / "stems" / "in" / f"{s}.wav")[0] for s in ("drums", "bass", "other", "vocals")]
+    assert all(y.shape == (2, 88200) for y in stems)
 
 
 LEAN_BIN = os.environ.get("WALLOC_LEAN_BIN")
@@ -172,7 +183,7 @@ LEAN_BIN = os.environ.get("WALLOC_LEAN_BIN")
 
 @pytest.mark.skipif(not LEAN_BIN, reason="`make test` sets WALLOC_LEAN_BIN to the lean virtualenv")
 def test_the_lean_virtualenv_codes_audio(tmp_path):
-    """The real lean install (requirements/lean.txt): no torch in it, and the codec commands work."""
+    """The real lean install (requirements/lean.txt): no torch in it, and the codec commands (and `separate`) work."""
     py = Path(LEAN_BIN) / "python"
     assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0
     import soundfile as sf
@@ -181,11 +192,11 @@ def test_the_lean_virtualenv_codes_audio(tmp_path):
     exe = str(Path(LEAN_BIN) / "walloc-audio")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WALLOC_AUDIO_MODELS")}
     for args in (["encode", "in.flac", "a.wlc"], ["info", "--json", "a.wlc"], ["decode", "a.wlc", "a.wav"],
-                 ["--version"]):
+                 ["separate", "a.wlc", "-o", "stems", "-t", "1"], ["--version"]):
         r = subprocess.run([exe, *args], capture_output=True, cwd=tmp_path, env=env, timeout=120)
         assert r.returncode == 0, (args, r.stderr.decode()[-2000:])
     y, _ = read_audio(tmp_path / "a.wav")
-    assert y.shape == (2, 88200)
+    assert y.shape == (2, 88200) and read_audio(tmp_path / "stems" / "a" / "vocals.wav")[0].shape == (2, 88200)
 
 
 def test_every_runtime_module_imports_without_torch():
@@ -198,6 +209,7 @@ def test_every_runtime_module_imports_without_torch():
             "    sys.modules[name] = None  # any import of them raises ImportError\n"
             f"for m in {runtime!r}:\n"
             "    importlib.import_module('walloc_audio' if m == '__init__' else 'walloc_audio.' + m)\n"
+            "import separation.separator, separation.inference  # `separate` runs a TDConvNet separator in numpy\n"
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
