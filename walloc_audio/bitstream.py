@@ -124,7 +124,8 @@ class StreamHeader:
         check(isinstance(self.fill, dict), "types")
         if self.fill:
             check(self.quantizer == "adaptive", "noise fill in a fixed-step stream")
-            self.fill_spec()  # raises on a bad one
+            check(not self.fill_spec().mid_side or self.channels == 2,  # fill_spec raises on a bad field
+                  f"a mid/side noise fill in a {self.channels}-channel stream")
 
     def fill_spec(self):
         """The stream's :class:`~walloc_audio.noisefill.FillSpec`, or None."""

@@ -336,7 +336,7 @@ def info(path: str = typer.Argument(..., help="a .wlc file, or - for stdin"),
                  ("bitstream", f"version {h.version}, " + (f"adaptive step, {h.bands} band scales per packet"
                                                            if h.version == 2 else f"fixed step x{h.step_scale:g}")
                                 + (f", noise fill {h.fill['edges_hz'][0] / 1000:g}-{h.fill['edges_hz'][-1] / 1000:g} kHz "
-                                   f"every {h.fill['block']} frames" if h.fill else "")),
+                                   f"every {h.fill['block']} frames{', mid/side' if 'channels' in h.fill else ''}" if h.fill else "")),
                  ("packets", f"{packets} x up to {h.frames_per_packet} frames ({r.total_frames} frames)"),
                  ("size", f"{size} bytes, {kbps:.2f} kbps"),
                  ("bits/latent", f"{bits_per_latent:.3f}"),

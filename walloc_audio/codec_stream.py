@@ -122,7 +122,7 @@ class PacketEncoder:
         envelope = self._level.update(y)
         quality = self._control.quality if self._control is not None else self.rate.quality
         exponent = exponent_for(envelope, quality)
-        levels = None if coef is None else measure(coef, self._fill_groups, self.fill.block)
+        levels = None if coef is None else measure(coef, self._fill_groups, self.fill.block, self.fill.mid_side)
 
         def code(exponent: int) -> bytes:
             pk = ad.quantize(y, exponent, self.bands)

@@ -60,8 +60,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--block", type=int, default=FillSpec.block, help="frames per fill block")
     ap.add_argument("--fraction", type=float, default=FillSpec.fraction, help="share of the missing energy filled")
+    ap.add_argument("--mid-side", action="store_true", help="measure and fill mid and side (default: left and right)")
     args = ap.parse_args()
-    spec = FillSpec(block=args.block, fraction=args.fraction)
+    spec = FillSpec(block=args.block, fraction=args.fraction, mid_side=args.mid_side)
     model = load_model(args.model)
     rate = model.config.sample_rate
     rows = []
@@ -86,7 +87,8 @@ def main() -> None:
               flush=True)
     dy = np.mean([r[9] for r in rows], axis=0)
     dz = np.mean([r[10] for r in rows], axis=0)
-    print(f"\n{len(rows)} clips, {args.model}, no fill -> fill (block {spec.block}, fraction {spec.fraction:g})")
+    print(f"\n{len(rows)} clips, {args.model}, no fill -> fill (block {spec.block}, fraction {spec.fraction:g}, "
+          f"{'mid/side' if spec.mid_side else 'left/right'})")
     print("band upper edge Hz : " + " ".join(f"{e:6d}" for e in edges))
     print("decode - orig  dB  : " + " ".join(f"{v:6.1f}" for v in dy))
     print("filled - orig  dB  : " + " ".join(f"{v:6.1f}" for v in dz))

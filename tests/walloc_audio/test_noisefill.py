@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from walloc_audio.noisefill import (FLOOR_DB, MAX_LEVEL, STEP_DB, FillSpec, Nois
                                     measure, split_payload)
 from walloc_audio.pretrained import load_model
 
+FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def model():
@@ -65,9 +67,10 @@ def test_measure_reads_the_mean_energy_of_each_group_in_steps():
     assert levels.sum() == 2 * want  # everything else is below the floor: nothing to fill
 
 
-def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model):
+@pytest.mark.parametrize("mid_side", [True, False])
+def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model, mid_side):
     c = model.config
-    spec = FillSpec(block=8, fraction=1.0)
+    spec = FillSpec(block=8, fraction=1.0, mid_side=mid_side)
     nf = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)
     n = 16
     coef = np.zeros((c.channels * 256, n), dtype=np.float32)
@@ -86,9 +89,53 @@ def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model)
     np.testing.assert_array_equal(nf.apply(coef.copy()), coef)
     nf.reset()
     loud = coef.copy()
-    loud[rows] = 1e-2  # -40 dB: more than the target
+    loud[rows[: len(rows) // 2]] = 1e-2  # left only, -40 dB: more than the target in L, R, mid and side
+    if not mid_side:
+        loud[rows[len(rows) // 2 :]] = 1e-2
     nf.push(levels, n)
     np.testing.assert_array_equal(nf.apply(loud.copy()), loud)
+
+
+def test_a_mid_side_fill_is_as_correlated_as_the_original(model):
+    """Mid at -70 dB and no side: the noise is the same in both channels (a mono high band stays mono);
+    left/right levels of the same content fill each channel with its own noise."""
+    c = model.config
+    n = 64
+    groups = FillSpec().groups(c.J, c.sample_rate)
+    rng = np.random.default_rng(5)
+    band = rng.standard_normal((len(groups[3]), n)) * 10 ** (-70 / 20)
+    original = np.zeros((2, 256, n))
+    original[:, groups[3]] = band  # the same high band in both channels
+    corr = {}
+    for mid_side in (True, False):
+        spec = FillSpec(block=8, fraction=1.0, mid_side=mid_side)
+        levels = measure(original, groups, 8, mid_side)
+        assert (levels[:, 1, 3] == 0).all() == mid_side  # mid/side: no side energy at all
+        nf = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)
+        nf.push(levels, n)
+        out = nf.apply(np.zeros((c.channels * 256, n), dtype=np.float32))
+        left, right = out[groups[3]], out[256 + groups[3]]
+        corr[mid_side] = float((left * right).sum() / np.sqrt((left**2).sum() * (right**2).sum()))
+        # each channel gets the original's energy either way
+        for ch in (left, right):
+            assert 10 * np.log10(np.mean(ch**2)) == pytest.approx(-70, abs=1.0)
+    assert corr[True] > 0.95 and abs(corr[False]) < 0.3, corr
+
+
+def test_a_left_right_fill_file_of_the_previous_encoder_decodes_as_it_did(tmp_path):
+    """Files written before the mid/side fill (no "channels" in the fill header) still decode the same."""
+    from walloc_audio.bitstream import read_header
+    from walloc_audio.compress import decompress_file
+
+    src = FIXTURES / "v2-stereo-5x-linear-fill-lr.wlc"
+    with open(src, "rb") as f:
+        h = read_header(f)
+    assert h.version == 2 and h.fill and "channels" not in h.fill and not h.fill_spec().mid_side
+    decompress_file(str(src), str(tmp_path / "out.wav"), subtype="FLOAT")
+    y = read_audio(tmp_path / "out.wav")[0]
+    ref = read_audio(FIXTURES / "v2-stereo-5x-linear-fill-lr.decoded.flac")[0]
+    assert y.shape == ref.shape
+    assert np.abs(y - ref).max() <= 1.01 / 32768  # the reference was written as 16-bit
 
 
 def test_the_fill_does_not_depend_on_how_frames_arrive(model):
@@ -166,16 +213,25 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
     for bad in ({"edges_hz": [5000, 4000], "block": 8, "fraction": 0.5, "step_db": 1.5, "floor_db": -125.0},
                 {**FillSpec().to_header(), "block": 0}, {**FillSpec().to_header(), "fraction": 2},
                 {**FillSpec().to_header(), "step_db": 3.0}, {**FillSpec().to_header(), "edges_hz": list(range(1, 40))},
-                {**FillSpec().to_header(), "other": 1}, {"edges_hz": "x"}):
+                {**FillSpec().to_header(), "other": 1}, {"edges_hz": "x"},
+                {**FillSpec().to_header(), "channels": "left-right"}, {**FillSpec().to_header(), "channels": None}):
         with pytest.raises(BitstreamError, match="fill"):
             StreamHeader(**h, fill=bad).validate()
     with pytest.raises(BitstreamError, match="noise fill"):
         StreamHeader(**{**h, "quantizer": "fixed", "bands": 0, "entropy_sha256": ""}, fill=FillSpec().to_header()).validate()
+    # mid/side is said in the header (absent: left/right, the files before it) and needs two channels
+    ms = FillSpec(mid_side=True)
+    assert ms.to_header()["channels"] == "mid-side" and "channels" not in FillSpec().to_header()
+    for spec in (FillSpec(), ms):
+        assert StreamHeader(**h, fill=spec.to_header()).fill_spec() == spec
+    with pytest.raises(BitstreamError, match="mid/side"):
+        StreamHeader(**{**h, "channels": 1, "source_channels": 1}, fill=ms.to_header()).validate()
 
 
 def test_the_default_block_is_the_same_time_at_every_J(tmp_path):
     assert FillSpec.for_frame(256).block == 4 and FillSpec.for_frame(64).block == 16  # 1024 samples
     assert FillSpec.for_frame(4096).block == 1
+    assert not FillSpec.for_frame(256).mid_side  # left/right unless asked
     from walloc_audio.bitstream import read_header
     from walloc_audio.compress import compress_file
 
