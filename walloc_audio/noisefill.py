@@ -69,7 +69,7 @@ class FillSpec:
     fraction: float = DEFAULT_FRACTION
     # Two channels measured and filled as mid and side (header "channels": "mid-side"; absent: left and
     # right). Off by default: measured on the 10 held-out tracks it puts the fill's stereo image right
-    # (left/right filling makes the side 3-7 dB too loud above 5 kHz) but loses ViSQOL on 9 of them
+    # (left/right filling makes the side 1-7 dB too loud above 4 kHz) but loses ViSQOL on 8-9 of them
     # (3.35 left/right; mid/side 3.07 at fraction 0.5, 3.13 at 0.25).
     mid_side: bool = False
 
