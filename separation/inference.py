@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 GLN_EPS = 1e-8  # separation.models.FastGlobLN's (and asteroid's) epsilon
+MAX_DILATION_LOG2 = 20  # blocks per repeat at most 21: a dilation of 2**20 frames is ~100 min at J = 8
 
 
 class UnsupportedNetwork(ValueError):
@@ -112,6 +113,11 @@ class TDCNSeparator:
         skip, k = int(cfg.get("skip_chan", 128) or 0), int(cfg.get("conv_kernel_size", 3))
         if k % 2 == 0:
             raise UnsupportedNetwork(f"an even kernel size ({k})")
+        # Sizes come from a file: bound them before they drive a loop or an allocation (12 tensors
+        # per block must be in the file; dilations past 2**MAX_DILATION_LOG2 frames mean nothing).
+        if not (1 <= nb <= MAX_DILATION_LOG2 + 1 and nr >= 1 and 12 * nb * nr <= len(state) and 1 <= k <= 63
+                and min(L, S, bn, hid) >= 1):
+            raise ValueError(f"implausible network sizes {cfg}")
         self.latent_dim, self.n_src, self.skip = L, S, skip
         expected = {"scale": (), "masker.bottleneck.0.gamma": (L,), "masker.bottleneck.0.beta": (L,),
                     "masker.bottleneck.1.weight": (bn, L, 1), "masker.bottleneck.1.bias": (bn,),
@@ -138,6 +144,9 @@ class TDCNSeparator:
             if tuple(np.shape(state[name])) != shape:
                 raise ValueError(f"{name} has shape {tuple(np.shape(state[name]))}, the network needs {shape}")
         self.w = {name: np.array(state[name], np.float32, order="C") for name in expected}  # 0-d stays 0-d
+        bad = next((name for name, v in self.w.items() if not np.isfinite(v).all()), None)
+        if bad is not None:
+            raise ValueError(f"{bad} holds non-finite values")
         self.bn = bn
         # each block's residual and skip convolutions as one product: [bn + skip, hid]
         self._out_convs = []

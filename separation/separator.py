@@ -105,6 +105,8 @@ def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ModelError(f"{path}: not a usable separator ({exc})") from None
     codec = load_model(meta["codec"], expected_sha256=meta["codec_sha256"])
+    if config.get("n_src") != len(STEMS):
+        raise ModelError(f"{path}: separates into {config.get('n_src')} stems, not the {len(STEMS)} it names")
     if config.get("latent_dim") != codec.config.latent_dim:
         raise ModelError(f"{path}: built for {config.get('latent_dim')} latents, {codec.name} has "
                          f"{codec.config.latent_dim}")

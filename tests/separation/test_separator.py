@@ -103,6 +103,11 @@ def test_the_numpy_separator_checks_every_tensor():
         TDCNSeparator(net.config, {**state, "scale": np.array(-1.0, np.float32)})
     with pytest.raises(UnsupportedNetwork):
         TDCNSeparator({**net.config, "masker": "dprnn"}, state)
+    with pytest.raises(ValueError, match="non-finite"):
+        TDCNSeparator(net.config, {**state, "masker.TCN.0.res_conv.bias": np.full(16, np.nan, np.float32)})
+    for sizes in ({"n_blocks": 10**9}, {"n_blocks": 40}, {"n_repeats": 0}, {"hid_chan": 0}):
+        with pytest.raises(ValueError, match="implausible"):  # before any loop or allocation follows them
+            TDCNSeparator({**net.config, **sizes}, state)
     with pytest.raises(ValueError, match=r"\[12, K\]"):
         TDCNSeparator(net.config, state)(np.zeros((11, 5), np.float32))
 
@@ -192,6 +197,9 @@ def test_bad_input_is_refused_and_leaves_no_output(song, separator_file, codec, 
         load_separator(str(tmp_path / "mismatch.safetensors"))
     with pytest.raises(ModelError, match="not installed"):
         load_separator("no-such-separator")
+    save_separator(tmp_path / "three.safetensors", LatentSeparator(codec.config.latent_dim, 3, **SMALL), codec)
+    with pytest.raises(ModelError, match="3 stems"):
+        load_separator(str(tmp_path / "three.safetensors"))
 
 
 def test_cli_separate(song, separator_file, tmp_path, capsys):
