@@ -94,9 +94,13 @@ def setup(conf: dict, exp: Path, kind: str, threads: int | None = None) -> None:
     net.load_state_dict(_weights(exp, kind))
     net.eval()
 
+    def run(x: np.ndarray) -> np.ndarray:  # the chunked masker feeds numpy latents [L, n]
+        with torch.inference_mode():
+            return net(torch.from_numpy(x)[None])[0].numpy()
+
     def estimate(track) -> dict:
         z = coded[track.name].latents["mixture"]
-        m = ChunkedMasker(net, codec.config.latent_dim)
+        m = ChunkedMasker(run, codec.config.latent_dim)
         est = np.concatenate(list(m.push(z)) + list(m.flush()), axis=2)  # [S, L, K]
         y = front.decode(torch.from_numpy(est)[None], coded[track.name].samples)[0]
         return {s: y[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
