@@ -242,17 +242,27 @@ class NoiseFill:
                         basis[c * self.bands + b, k] = 1.0
                     k += 1
         self._basis = basis
+        # The same directions as rows to gather: channel * P + band, of the decode itself (left/right)
+        # or of its mid/side rotation.
+        self._rows = np.array([c * self.bands + b for c in range(channels) for idx in self.groups for b in idx],
+                              dtype=np.intp)
         self.reset()
 
     @functools.cached_property
-    def _projector(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """``(Q, B^T, local)``: ``Q = (I - E^+ E) B`` takes a pair's white noise into the encoder's null
-        space; ``B^T`` reads the decode in the pairs' directions; ``local[i] = B_i^T (I - E^+ E) B_i``,
-        what pair ``i``'s projected noise leaves in its own directions."""
+    def _projector(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``(Q, local)``: ``Q = (I - E^+ E) B`` takes a pair's white noise into the encoder's null
+        space; ``local[i] = B_i^T (I - E^+ E) B_i``, what pair ``i``'s projected noise leaves in its
+        own directions."""
         e, b = self._encoder, self._basis
         q = (np.eye(e.shape[1]) - np.linalg.pinv(e) @ e) @ b
         local = [np.ascontiguousarray(b[:, sl].T @ q[:, sl], dtype=np.float32) for sl in self._pairs]
-        return np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(b.T, dtype=np.float32), local
+        return np.ascontiguousarray(q, dtype=np.float32), local
+
+    def _in_pair_directions(self, coef: np.ndarray) -> np.ndarray:
+        """``B^T coef`` ``[cols, n]`` without the product: the pairs' rows of the decode or of its mid/side."""
+        if self.spec.mid_side:
+            coef = to_mid_side(coef.reshape(2, self.bands, -1)).reshape(coef.shape)
+        return coef[self._rows]
 
     def reset(self) -> None:
         self.frame = 0  # absolute index of the first frame not returned yet
@@ -289,7 +299,7 @@ class NoiseFill:
         return out
 
     def _fill(self, coef: np.ndarray, blocks: list, first: int) -> None:
-        q, bt, local = self._projector
+        q, local = self._projector
         cols = q.shape[1]
         sizes = np.array([m for m, _ in blocks])
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -297,7 +307,7 @@ class NoiseFill:
         for (m, _), a in zip(blocks, starts):  # a block's noise depends on its first frame alone
             white[:, a : a + m] = np.random.default_rng([SEED, first + a]).standard_normal((cols, m), dtype=np.float32)
         targets = np.stack([t if t is not None else np.zeros((self.channels, len(self.groups))) for _, t in blocks])
-        decoded = bt @ coef  # the decode in the pairs' directions [cols, n]
+        decoded = self._in_pair_directions(coef)  # [cols, n]
         for i, (sl, qi) in enumerate(zip(self._pairs, local)):
             ch, g = divmod(i, len(self.groups))
             w = white[sl]
