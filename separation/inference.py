@@ -107,6 +107,10 @@ class TDCNSeparator:
         self.output = cfg.get("output", "mask")
         if self.output not in ("mask", "map"):
             raise ValueError(f"output must be mask | map, got {self.output!r}")
+        consistency = cfg.get("consistency", False)
+        if not isinstance(consistency, bool):
+            raise ValueError(f"consistency must be true or false, got {consistency!r}")
+        self.consistency = consistency
         L, S = int(cfg["latent_dim"]), int(cfg["n_src"])
         nb, nr = int(cfg.get("n_blocks", 8)), int(cfg.get("n_repeats", 3))
         bn, hid = int(cfg.get("bn_chan", 128)), int(cfg.get("hid_chan", 512))
@@ -210,4 +214,6 @@ class TDCNSeparator:
         out = self.masker(x)
         if self.output == "mask":
             out = out * x[None]
+        if self.consistency:  # the estimates add up to the mixture
+            out += (x - out.sum(0)) / np.float32(self.n_src)
         return (out * np.float32(self.scale)).astype(np.float32, copy=False)

@@ -72,17 +72,25 @@ class LatentSeparator(nn.Module):
         output: ``"mask"`` (estimate = mask * mixture) or ``"map"``.
         scale: latents are divided by it before the masker (and multiplied back),
             so the network sees unit-scale features whatever the codec's scaling.
+        consistency: project the estimates so that they add up to the mixture
+            (each gets an equal share of the residual, ``est += (z - sum est) / S``;
+            Wisdom et al., "Differentiable consistency constraints for improved
+            deep speech enhancement", 2019). Exact in the latent domain: the
+            codec's analysis is linear.
     """
 
     def __init__(self, latent_dim: int, n_src: int = 4, masker: str = "tdcn", output: str = "mask",
-                 mask_act: str = "linear", scale: float = 1.0, **masker_kwargs):
+                 mask_act: str = "linear", scale: float = 1.0, consistency: bool = False, **masker_kwargs):
         super().__init__()
         assert output in ("mask", "map"), f"output must be mask | map, got {output!r}"
         self.latent_dim, self.n_src, self.output = latent_dim, n_src, output
+        self.consistency = bool(consistency)
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.masker = build_masker(masker, latent_dim, n_src, mask_act, **masker_kwargs)
         self.config = {"latent_dim": latent_dim, "n_src": n_src, "masker": masker, "output": output,
                        "mask_act": mask_act, "scale": float(scale), **masker_kwargs}
+        if self.consistency:  # only then: files without the key are the networks of before
+            self.config["consistency"] = True
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         assert z.dim() == 3 and z.shape[1] == self.latent_dim, f"expected [B, {self.latent_dim}, K], got {tuple(z.shape)}"
@@ -90,6 +98,8 @@ class LatentSeparator(nn.Module):
         out = self.masker(x)  # [B, S, L, K]
         if self.output == "mask":
             out = out * x[:, None]
+        if self.consistency:
+            out = out + (x - out.sum(1)).unsqueeze(1) / self.n_src
         return out * self.scale
 
     def num_parameters(self) -> int:

@@ -95,16 +95,21 @@ class WaveformValidator:
         return score_set(self.refs, ests)
 
 
-def _mse(net, mix, stems):
-    return torch.mean((net(mix) - stems) ** 2)
+def _loss(name: str) -> Callable:
+    """``(net, mixture, stems) -> loss`` for ``training.loss`` (the latent and waveform models)."""
+    from .train import make_loss
+
+    fn = make_loss(name)
+    return lambda net, mix, stems: fn(net(mix), stems)
 
 
 def network_and_loss(kind: str, conf: dict, model: LoadedModel | None, umx_stats=None):
     """``(network, loss)`` of ``kind``; ``umx_stats``: Open-Unmix's input (mean, std), None for untrained."""
     from .train import make_network  # the latent and ConvTasNet networks, as the Lightning path builds them
 
+    loss = conf.get("training", {}).get("loss", "mse")
     if kind in ("latent", "latent-float"):
-        return make_network("latent", conf, model), _mse
+        return make_network("latent", conf, model), _loss(loss)
     if kind == "umx":
         from .umx import UMXBaseline
 
@@ -114,7 +119,7 @@ def network_and_loss(kind: str, conf: dict, model: LoadedModel | None, umx_stats
                           input_mean=mean, input_scale=std)
         return net, lambda n, x, y: n.loss(x, y)
     if kind == "waveform":
-        return make_network("waveform", conf), _mse
+        return make_network("waveform", conf), _loss(loss)
     raise ValueError(f"unknown model kind {kind!r} ({' | '.join(KINDS)})")
 
 

@@ -42,20 +42,43 @@ class MonoPerChannel(nn.Module):
         return y.reshape(b, c, y.shape[1], -1).transpose(1, 2)[..., :t]
 
 
-LOSSES = ("mse", "snr", "sisdr")
+LOSSES = ("mse", "snr", "sisdr", "tsnr")
+TSNR_CAP_DB = 30.0  # "tsnr": no gain is sought past 30 dB of SNR, relative to the mixture's energy
+
+
+def thresholded_neg_snr(est: torch.Tensor, target: torch.Tensor, cap_db: float = TSNR_CAP_DB) -> torch.Tensor:
+    """Negative SNR in dB of ``[B, S, N]`` estimates, floored relative to the mixture; ``[B, S]``.
+
+    ``-10 log10((|s|^2 + t) / (|s - est|^2 + t))`` with ``t = 10^(-cap/10) |x|^2``
+    and ``x`` the sum of the targets (the mixture): a log error per stem and
+    example, so a quiet stem counts as much as a loud one, as it does in SDR.
+    Unlike plain SNR it is well posed on a silent target: the loss then asks
+    for an estimate at least ``cap`` dB below the mixture, and no more (the
+    floor of the thresholded SNR of Wisdom et al., "Unsupervised sound
+    separation using mixture invariant training", 2020). An all-silent crop
+    costs 0 and has no gradient.
+    """
+    floor = 10.0 ** (-cap_db / 10.0) * target.sum(1, keepdim=True).pow(2).sum(-1) + 1e-8  # [B, 1]
+    err = (est - target).pow(2).sum(-1)
+    ref = target.pow(2).sum(-1)
+    return 10.0 * (torch.log10(err + floor) - torch.log10(ref + floor))
 
 
 def make_loss(name: str):
-    """An Asteroid multi-source loss on ``[B, S, ...]`` estimates, averaged over the batch.
+    """A multi-source loss on ``[B, S, ...]`` estimates, averaged over the batch.
 
-    ``"mse"``: mean squared error (``multisrc_mse``); ``"snr"`` / ``"sisdr"``:
-    negative SNR / SI-SDR in dB per source, averaged (``MultiSrcNegSDR``). Stems
-    are in a fixed order (drums, bass, other, vocals), so no permutation search:
-    PIT would only let the model swap them. Each example's sources are flattened
+    ``"mse"``: mean squared error (Asteroid's ``multisrc_mse``); ``"snr"`` /
+    ``"sisdr"``: negative SNR / SI-SDR in dB per source, averaged (Asteroid's
+    ``MultiSrcNegSDR``); ``"tsnr"``: :func:`thresholded_neg_snr`. Stems are in
+    a fixed order (drums, bass, other, vocals), so no permutation search: PIT
+    would only let the model swap them. Each example's sources are flattened
     (latent channels x frames, or audio channels x samples). A silent target
-    stem has no SNR to speak of; its -80 dB floor makes the SDR losses fragile
-    on crops without vocals, one reason MSE is the default.
+    stem has no SNR to speak of; its -80 dB floor makes the plain SDR losses
+    fragile on crops without vocals, which the mixture-relative floor of
+    ``"tsnr"`` avoids.
     """
+    if name == "tsnr":
+        return lambda est, target: thresholded_neg_snr(est.flatten(2), target.flatten(2)).mean()
     from asteroid.losses import multisrc_mse, multisrc_neg_sisdr, multisrc_neg_snr
 
     fn = {"mse": multisrc_mse, "snr": multisrc_neg_snr, "sisdr": multisrc_neg_sisdr}.get(name)
@@ -99,7 +122,8 @@ def make_network(kind: str, conf: dict, model: LoadedModel | None = None) -> nn.
     if kind == "latent":
         lat = conf["latent"]
         return LatentSeparator(model.config.latent_dim, 4, masker=mk["kind"], output=lat["output"],
-                               mask_act=lat["mask_act"], scale=lat["scale"], **mk["kwargs"])
+                               mask_act=lat["mask_act"], scale=lat["scale"],
+                               consistency=bool(lat.get("consistency", False)), **mk["kwargs"])
     if kind == "waveform":
         wf = conf["waveform"]
         return MonoPerChannel(waveform_baseline(4, 44100, kernel_size=wf["kernel_size"], n_filters=wf["n_filters"],

@@ -75,7 +75,8 @@ def _perturbed(net: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("kw", [{}, {"output": "map", "mask_act": "relu"}, {"mask_act": "sigmoid", "skip_chan": 0},
-                                {"mask_act": "softmax", "conv_kernel_size": 5, "n_blocks": 3}])
+                                {"mask_act": "softmax", "conv_kernel_size": 5, "n_blocks": 3},
+                                {"consistency": True}])
 def test_the_numpy_separator_equals_the_torch_model(kw):
     """separation.inference runs asteroid's TDConvNet (through LatentSeparator) to float32 rounding."""
     torch.manual_seed(0)
@@ -88,6 +89,8 @@ def test_the_numpy_separator_equals_the_torch_model(kw):
     out = npnet(z)
     assert out.shape == ref.shape == (4, 12, 333) and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    if kw.get("consistency"):  # the estimates add up to the mixture
+        np.testing.assert_allclose(out.sum(0), z, rtol=1e-4, atol=1e-5)
 
 
 def test_the_numpy_separator_checks_every_tensor():
