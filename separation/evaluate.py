@@ -81,13 +81,17 @@ def score_estimates(track, estimates: dict, win_seconds: float = 1.0) -> dict:
     """museval (BSS-eval v4, 1 s windows) of estimates ``{stem: [T, C]}``: ``{stem: median over frames}``.
 
     Silent reference stems are left out of the evaluation itself (museval
-    refuses them) and listed in ``"silent"``.
+    refuses them) and listed in ``"silent"``. BSS-eval v4 also leaves out
+    every window in which some reference is silent; a stem with no window
+    left (a song whose drums play in 14 of 60 s, the other seconds missing
+    vocals or other) has no score and is listed in ``"unscorable"`` instead
+    of carrying a NaN.
     """
     import museval
 
     silent = silent_stems(track)
     scored = [s for s in STEMS if s not in silent]
-    out = {"track": track.name, "silent": silent, "stems": {}}
+    out = {"track": track.name, "silent": silent, "unscorable": [], "stems": {}}
     if not scored:
         return out
     refs = np.stack([track.targets[s].audio for s in scored])
@@ -95,8 +99,11 @@ def score_estimates(track, estimates: dict, win_seconds: float = 1.0) -> dict:
     win = int(win_seconds * track.rate)
     sdr, isr, sir, sar = museval.evaluate(refs, ests, win=win, hop=win, mode="v4", padding=True)
     for i, stem in enumerate(scored):
+        if np.isnan(sdr[i]).all():
+            out["unscorable"].append(stem)
+            continue
         out["stems"][stem] = {"SDR": _nanmedian(sdr[i]), "ISR": _nanmedian(isr[i]), "SIR": _nanmedian(sir[i]),
-                              "SAR": _nanmedian(sar[i])}
+                              "SAR": _nanmedian(sar[i]), "windows": int((~np.isnan(sdr[i])).sum())}
     return out
 
 
@@ -110,9 +117,13 @@ def aggregate(track_scores: list[dict]) -> dict:
     """Median over tracks of the per-track medians, per stem; ``avg`` = mean over stems."""
     result = {}
     for stem in STEMS:
-        vals = [t["stems"][stem]["SDR"] for t in track_scores if stem in t["stems"]]
+        vals = [t["stems"][stem]["SDR"] for t in track_scores
+                if stem in t["stems"] and math.isfinite(t["stems"][stem]["SDR"])]
         result[stem] = {"SDR": _nanmedian(vals), "tracks": len(vals),
-                        "excluded_silent": sum(stem in t["silent"] for t in track_scores)}
+                        "excluded_silent": sum(stem in t["silent"] for t in track_scores),
+                        "excluded_unscorable": sum(stem in t.get("unscorable", ()) or
+                                                   not math.isfinite(t["stems"].get(stem, {}).get("SDR", 0.0))
+                                                   for t in track_scores)}
     sdrs = [result[s]["SDR"] for s in STEMS if math.isfinite(result[s]["SDR"])]
     result["avg"] = {"SDR": float(np.mean(sdrs)) if sdrs else float("nan")}
     return result

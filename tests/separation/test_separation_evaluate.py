@@ -55,3 +55,24 @@ def test_scores_exclude_silent_references_and_aggregate_by_medians():
     assert agg["drums"]["tracks"] == 2
     assert agg["drums"]["SDR"] == np.median([good["stems"]["drums"]["SDR"], bad["stems"]["drums"]["SDR"]])
     assert agg["avg"]["SDR"] == np.mean([agg[s]["SDR"] for s in ("drums", "bass", "other")])
+
+
+def test_a_stem_without_a_scorable_window_is_counted_not_a_nan():
+    """BSS-eval v4 skips each window where some reference is silent: drums only in the 1st second and
+    vocals only in the 2nd leave no window for anything -- the track is listed, not averaged in as NaN."""
+    track = fake_track(seconds=3.0)
+    drums, vocals = track.targets["drums"].audio, track.targets["vocals"].audio
+    drums[RATE:] = 0.0
+    vocals[:RATE] = 0.0
+    vocals[2 * RATE:] = 0.0
+    track.audio = sum(track.targets[s].audio for s in STEMS)
+    est = {s: track.targets[s].audio + 0.01 * np.random.default_rng(1).standard_normal(drums.shape) for s in STEMS}
+    odd = score_estimates(track, est)
+    assert odd["silent"] == [] and odd["stems"] == {} and odd["unscorable"] == list(STEMS)
+    normal = score_estimates(fake_track(), {s: v + 0.01 * (np.std(v) + 1e-3) * np.random.default_rng(2).standard_normal(
+        v.shape) for s, v in ((s, t.audio) for s, t in fake_track().targets.items())})
+    assert all(normal["stems"][s]["windows"] == 3 for s in STEMS)
+    agg = aggregate([odd, normal])
+    for s in STEMS:
+        assert agg[s]["tracks"] == 1 and agg[s]["excluded_unscorable"] == 1 and math.isfinite(agg[s]["SDR"])
+    assert math.isfinite(agg["avg"]["SDR"])

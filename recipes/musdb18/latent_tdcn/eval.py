@@ -136,6 +136,8 @@ def main() -> None:
         for track, (s, seconds) in zip(tracks, results):
             scores.append(s)
             sdr = {k: round(v["SDR"], 2) for k, v in s["stems"].items()}
+            if s.get("unscorable"):
+                sdr["not scored"] = "no 1-s window where every stem sounds: " + ", ".join(s["unscorable"])
             print(f"{track.name}: {sdr} ({seconds:.1f} s)", flush=True)
     finally:
         if pool is not None:

@@ -96,9 +96,11 @@ def main() -> None:
                      f"{t['train_seconds'] / 60:.1f} min ({t['clock']}, {t.get('threads', '?')} thr) | {t['steps']} | "
                      f"{t['examples_per_second']:.2f} | {t['peak_rss_mb']:.0f} MB |")
     excluded = {s: max(r["aggregate"][s]["excluded_silent"] for r in rows.values()) for s in STEMS}
+    unscorable = {s: max(r["aggregate"][s].get("excluded_unscorable", 0) for r in rows.values()) for s in STEMS}
     skipped = {m: r["train"].get("skipped_tracks", 0) for m, r in rows.items() if r["train"]}
     lines += ["", f"Test tracks: {len(next(iter(rows.values()))['tracks'])}; silent reference stems excluded: "
-              f"{excluded}; corrupt training tracks skipped: {skipped}. {DISCLAIMER}", "",
+              f"{excluded}; stems without a window where all stems sound (museval leaves them out): "
+              f"{unscorable}; corrupt training tracks skipped: {skipped}. {DISCLAIMER}", "",
               "![SDR per stem](sdr.svg)", "", "![learning curves](curve.svg)"]
     (args.exp / "results.md").write_text("\n".join(lines) + "\n")
     (args.exp / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
