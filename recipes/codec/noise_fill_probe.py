@@ -2,10 +2,13 @@
 """Noise fill on and off through the real file path: ViSQOL, SNR, PSNR, spectrum, kbps.
 
     python recipes/codec/noise_fill_probe.py [FILES...] [--model stereo-5x] [--seconds 10]
+        [--block N] [--fraction F] [--mid-side] [--edges HZ,HZ,...] [--baseline none|default]
 
 For each file (default: the demo clip, in the validation split of the codec corpus) the
 middle ``--seconds`` are coded twice with ``encode_stream`` / ``decode_stream`` -- with the
-high-band energies of :mod:`walloc_audio.noisefill` (the default) and with ``fill=False``
+fill the options describe (the energies of :mod:`walloc_audio.noisefill`) and with the
+baseline: no fill (``fill=False``, the default) or the default fill (``--baseline default``,
+to compare a setting with what ``encode`` does today on the same clips)
 -- and both decodes are scored against the original: ViSQOL v3 (audio mode), SNR, paper
 PSNR, the mean Welch spectrum error per band up to 16 kHz, and the file's kbps (headers and
 the fill's side information included).
@@ -39,9 +42,9 @@ def band_db(x: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
                                           for a, b in zip(edges[:-1], edges[1:])])
 
 
-def code(x: np.ndarray, model, rate: int, fill, tmp: Path) -> tuple[np.ndarray, float]:
+def code(x: np.ndarray, model, rate: int, fill, tmp: Path, name: str = "y") -> tuple[np.ndarray, float]:
     """``x`` through encode_stream/decode_stream: the decode (float64, cropped) and the kbps."""
-    src, dst = tmp / "x.wav", tmp / f"y{int(bool(fill))}.wav"
+    src, dst = tmp / "x.wav", tmp / f"{name}.wav"
     sf.write(src, x.T, rate, subtype="FLOAT")
     buf = io.BytesIO()
     with AudioReader(str(src), sample_rate=rate) as reader:
@@ -61,8 +64,13 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=FillSpec.block, help="frames per fill block")
     ap.add_argument("--fraction", type=float, default=FillSpec.fraction, help="share of the missing energy filled")
     ap.add_argument("--mid-side", action="store_true", help="measure and fill mid and side (default: left and right)")
+    ap.add_argument("--edges", type=lambda s: tuple(int(v) for v in s.split(",")), default=FillSpec.edges_hz,
+                    help="band group edges in Hz, comma-separated (default: %(default)s)")
+    ap.add_argument("--baseline", choices=("none", "default"), default="none",
+                    help="what the fill is compared with: no fill, or the default fill")
     args = ap.parse_args()
-    spec = FillSpec(block=args.block, fraction=args.fraction, mid_side=args.mid_side)
+    spec = FillSpec(edges_hz=args.edges, block=args.block, fraction=args.fraction, mid_side=args.mid_side)
+    base = False if args.baseline == "none" else FillSpec()
     model = load_model(args.model)
     rate = model.config.sample_rate
     rows = []
@@ -73,8 +81,8 @@ def main() -> None:
         x = np.ascontiguousarray(x[:, start : start + n], dtype=np.float32)
         x64 = x.astype(np.float64)
         with tempfile.TemporaryDirectory() as tmp:
-            y, ky = code(x, model, rate, False, Path(tmp))
-            z, kz = code(x, model, rate, spec, Path(tmp))
+            y, ky = code(x, model, rate, base, Path(tmp), "baseline")
+            z, kz = code(x, model, rate, spec, Path(tmp), "filled")
         _, bx = band_db(x64, rate)
         edges, by = band_db(y, rate)
         _, bz = band_db(z, rate)
@@ -87,11 +95,12 @@ def main() -> None:
               flush=True)
     dy = np.mean([r[9] for r in rows], axis=0)
     dz = np.mean([r[10] for r in rows], axis=0)
-    print(f"\n{len(rows)} clips, {args.model}, no fill -> fill (block {spec.block}, fraction {spec.fraction:g}, "
+    print(f"\n{len(rows)} clips, {args.model}, {'no fill' if base is False else 'the default fill'} -> fill "
+          f"(edges {','.join(map(str, spec.edges_hz))} Hz, block {spec.block}, fraction {spec.fraction:g}, "
           f"{'mid/side' if spec.mid_side else 'left/right'})")
     print("band upper edge Hz : " + " ".join(f"{e:6d}" for e in edges))
-    print("decode - orig  dB  : " + " ".join(f"{v:6.1f}" for v in dy))
-    print("filled - orig  dB  : " + " ".join(f"{v:6.1f}" for v in dz))
+    print("baseline - orig dB : " + " ".join(f"{v:6.1f}" for v in dy))
+    print("filled - orig   dB : " + " ".join(f"{v:6.1f}" for v in dz))
     mean = lambda i: float(np.mean([r[i] for r in rows]))  # noqa: E731
     print(f"mean ViSQOL {mean(3):.2f} -> {mean(4):.2f}; SNR {mean(5):.2f} -> {mean(6):.2f} dB; "
           f"paper PSNR {mean(7):.2f} -> {mean(8):.2f} dB; kbps {mean(1):.1f} -> {mean(2):.1f}")
