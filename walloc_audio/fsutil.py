@@ -93,27 +93,30 @@ def _unnamed_file(folder: str) -> int | None:
     flag = getattr(os, "O_TMPFILE", 0)
     if not flag or not os.path.isdir("/proc/self/fd"):
         return None
+    unsupported = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ENOTSUP)
     try:
+        dev = os.stat(folder).st_dev  # an O_TMPFILE file lives on its folder's file system
+        if dev not in _LINKABLE:
+            # Probe with a throwaway file (a file named once cannot be named again) *before* the
+            # real one is opened: the probe's name exists only between its link and its unlink,
+            # before the output does (a kill -9 after the output opened used to be able to land there).
+            probe_fd = os.open(folder, flag | os.O_WRONLY, 0o600)
+            probe = os.path.join(folder, f".walloc-probe.{os.urandom(4).hex()}")
+            try:
+                _link_fd(probe_fd, probe)
+                os.unlink(probe)
+                _LINKABLE[dev] = True
+            except OSError:
+                _LINKABLE[dev] = False
+            finally:
+                os.close(probe_fd)
+        if not _LINKABLE[dev]:
+            return None
         fd = os.open(folder, flag | os.O_WRONLY, 0o666)  # the umask applies
     except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.ENOTSUP):
+        if e.errno in unsupported:
             return None
         raise
-    dev = os.fstat(fd).st_dev
-    if dev not in _LINKABLE:  # probe with a second, throwaway file (a file named once cannot be named again)
-        probe_fd = os.open(folder, flag | os.O_WRONLY, 0o600)
-        probe = os.path.join(folder, f".walloc-probe.{os.urandom(4).hex()}")
-        try:
-            _link_fd(probe_fd, probe)
-            os.unlink(probe)
-            _LINKABLE[dev] = True
-        except OSError:
-            _LINKABLE[dev] = False
-        finally:
-            os.close(probe_fd)
-    if not _LINKABLE[dev]:
-        os.close(fd)
-        return None
     return fd
 
 
