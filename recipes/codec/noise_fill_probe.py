@@ -42,13 +42,15 @@ def band_db(x: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
                                           for a, b in zip(edges[:-1], edges[1:])])
 
 
-def code(x: np.ndarray, model, rate: int, fill, tmp: Path, name: str = "y") -> tuple[np.ndarray, float]:
-    """``x`` through encode_stream/decode_stream: the decode (float64, cropped) and the kbps."""
+def code(x: np.ndarray, model, rate: int, fill, tmp: Path, name: str = "y",
+         quality: float | None = None) -> tuple[np.ndarray, float]:
+    """``x`` through encode_stream/decode_stream (``quality``: None for the default): the decode
+    (float64, cropped) and the kbps."""
     src, dst = tmp / "x.wav", tmp / f"{name}.wav"
     sf.write(src, x.T, rate, subtype="FLOAT")
     buf = io.BytesIO()
     with AudioReader(str(src), sample_rate=rate) as reader:
-        encode_stream(reader, buf, model, fill=fill)
+        encode_stream(reader, buf, model, quality=quality, fill=fill)
     kbps = 8 * buf.getbuffer().nbytes / (x.shape[1] / rate) / 1000
     buf.seek(0)
     decode_stream(buf, str(dst), model=model, subtype="FLOAT")

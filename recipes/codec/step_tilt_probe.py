@@ -19,16 +19,14 @@ ViSQOL v3, SNR and paper PSNR. Nothing it does reaches a file format.
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+from noise_fill_probe import code  # this folder is on sys.path when the probe runs as a script
 
 from walloc_audio.adaptive import AdaptiveCoder
-from walloc_audio.audio import AudioReader, read_audio
-from walloc_audio.compress import decode_stream, encode_stream
+from walloc_audio.audio import read_audio
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.metrics import paper_psnr, snr_db
 from walloc_audio.pretrained import load_model
@@ -52,20 +50,6 @@ class _Tilt:
             return z if cls.w is None else z * cls.w[:, None]
 
         AdaptiveCoder.quantize, AdaptiveCoder.dequantize = q, dq
-
-
-def code(x: np.ndarray, model, rate: int, quality: float) -> tuple[np.ndarray, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "x.wav", Path(tmp) / "y.wav"
-        sf.write(src, x.T, rate, subtype="FLOAT")
-        buf = io.BytesIO()
-        with AudioReader(str(src), sample_rate=rate) as reader:
-            encode_stream(reader, buf, model, quality=quality)
-        kbps = 8 * buf.getbuffer().nbytes / (x.shape[1] / rate) / 1000
-        buf.seek(0)
-        decode_stream(buf, str(dst), model=model, subtype="FLOAT")
-        y, _ = read_audio(dst)
-    return np.asarray(y[:, : x.shape[1]], dtype=np.float64), kbps
 
 
 def main() -> None:
@@ -95,7 +79,8 @@ def main() -> None:
             rows = []
             for x in clips:
                 x64 = x.astype(np.float64)
-                y, kbps = code(x, model, rate, quality)
+                with tempfile.TemporaryDirectory() as tmp:
+                    y, kbps = code(x, model, rate, True, Path(tmp), quality=quality)
                 v, _ = visqol.score(visqol.excerpt(x64, rate, args.seconds), visqol.excerpt(y, rate, args.seconds))
                 rows.append((kbps, v, snr_db(x64, y), paper_psnr(x64, y)))
             m = np.mean(rows, axis=0)
