@@ -2,13 +2,15 @@
 """Noise fill on and off through the real file path: ViSQOL, SNR, PSNR, spectrum, kbps.
 
     python recipes/codec/noise_fill_probe.py [FILES...] [--model stereo-5x] [--seconds 10]
-        [--block N] [--fraction F] [--mid-side] [--edges HZ,HZ,...] [--baseline none|default]
+        [--block N] [--fraction F] [--mid-side] [--edges HZ,HZ,...] [--noise band-limited|white]
+        [--baseline none|default|white]
 
 For each file (default: the demo clip, in the validation split of the codec corpus) the
 middle ``--seconds`` are coded twice with ``encode_stream`` / ``decode_stream`` -- with the
 fill the options describe (the energies of :mod:`walloc_audio.noisefill`) and with the
-baseline: no fill (``fill=False``, the default) or the default fill (``--baseline default``,
-to compare a setting with what ``encode`` does today on the same clips)
+baseline: no fill (``fill=False``, the default), the default fill (``--baseline default``,
+to compare a setting with what ``encode`` does today on the same clips) or the default fill
+with white noise (``--baseline white``, what files written before 2026-12-07 decode to)
 -- and both decodes are scored against the original: ViSQOL v3 (audio mode), SNR, paper
 PSNR, the mean Welch spectrum error per band up to 16 kHz, and the file's kbps (headers and
 the fill's side information included).
@@ -29,7 +31,7 @@ from walloc_audio.audio import AudioReader, read_audio
 from walloc_audio.compress import decode_stream, encode_stream
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.metrics import paper_psnr, snr_db
-from walloc_audio.noisefill import FillSpec
+from walloc_audio.noisefill import BAND_LIMITED, WHITE, FillSpec
 from walloc_audio.pretrained import load_model
 from walloc_audio.tools.evaluation import visqol
 
@@ -68,11 +70,13 @@ def main() -> None:
     ap.add_argument("--mid-side", action="store_true", help="measure and fill mid and side (default: left and right)")
     ap.add_argument("--edges", type=lambda s: tuple(int(v) for v in s.split(",")), default=FillSpec.edges_hz,
                     help="band group edges in Hz, comma-separated (default: %(default)s)")
-    ap.add_argument("--baseline", choices=("none", "default"), default="none",
-                    help="what the fill is compared with: no fill, or the default fill")
+    ap.add_argument("--noise", choices=(BAND_LIMITED, WHITE), default=BAND_LIMITED, help="what the fill adds")
+    ap.add_argument("--baseline", choices=("none", "default", WHITE), default="none",
+                    help="what the fill is compared with: no fill, the default fill, or the default with white noise")
     args = ap.parse_args()
-    spec = FillSpec(edges_hz=args.edges, block=args.block, fraction=args.fraction, mid_side=args.mid_side)
-    base = False if args.baseline == "none" else FillSpec()
+    spec = FillSpec(edges_hz=args.edges, block=args.block, fraction=args.fraction, mid_side=args.mid_side,
+                    noise=args.noise)
+    base = {"none": False, "default": FillSpec(), WHITE: FillSpec(noise=WHITE)}[args.baseline]
     model = load_model(args.model)
     rate = model.config.sample_rate
     rows = []
@@ -97,9 +101,9 @@ def main() -> None:
               flush=True)
     dy = np.mean([r[9] for r in rows], axis=0)
     dz = np.mean([r[10] for r in rows], axis=0)
-    print(f"\n{len(rows)} clips, {args.model}, {'no fill' if base is False else 'the default fill'} -> fill "
-          f"(edges {','.join(map(str, spec.edges_hz))} Hz, block {spec.block}, fraction {spec.fraction:g}, "
-          f"{'mid/side' if spec.mid_side else 'left/right'})")
+    print(f"\n{len(rows)} clips, {args.model}, {'no fill' if base is False else f'the default fill ({base.noise})'}"
+          f" -> fill (edges {','.join(map(str, spec.edges_hz))} Hz, block {spec.block}, fraction {spec.fraction:g}, "
+          f"{'mid/side' if spec.mid_side else 'left/right'}, {spec.noise} noise)")
     print("band upper edge Hz : " + " ".join(f"{e:6d}" for e in edges))
     print("baseline - orig dB : " + " ".join(f"{v:6.1f}" for v in dy))
     print("filled - orig   dB : " + " ".join(f"{v:6.1f}" for v in dz))

@@ -13,8 +13,8 @@ from walloc_audio.bitstream import StreamHeader
 from walloc_audio.codec_stream import PacketDecoder, PacketEncoder
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.errors import BitstreamError
-from walloc_audio.noisefill import (FLOOR_DB, MAX_LEVEL, STEP_DB, FillSpec, NoiseFill, decode_levels, encode_levels,
-                                    measure, split_payload)
+from walloc_audio.noisefill import (BAND_LIMITED, FLOOR_DB, MAX_LEVEL, STEP_DB, TABLE_SAMPLES, WHITE, FillSpec,
+                                    NoiseFill, band_noise, decode_levels, encode_levels, measure, split_payload)
 from walloc_audio.pretrained import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -67,10 +67,11 @@ def test_measure_reads_the_mean_energy_of_each_group_in_steps():
     assert levels.sum() == 2 * want  # everything else is below the floor: nothing to fill
 
 
+@pytest.mark.parametrize("noise", [BAND_LIMITED, WHITE])
 @pytest.mark.parametrize("mid_side", [True, False])
-def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model, mid_side):
+def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model, mid_side, noise):
     c = model.config
-    spec = FillSpec(block=8, fraction=1.0, mid_side=mid_side)
+    spec = FillSpec(block=8, fraction=1.0, mid_side=mid_side, noise=noise)
     nf = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)
     n = 16
     coef = np.zeros((c.channels * 256, n), dtype=np.float32)
@@ -94,6 +95,60 @@ def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model,
         loud[rows[len(rows) // 2 :]] = 1e-2
     nf.push(levels, n)
     np.testing.assert_array_equal(nf.apply(loud.copy()), loud)
+
+
+def _outside_db(coef: np.ndarray, lo: float, hi: float, channels: int) -> float:
+    """Share of the energy more than 200 Hz outside ``[lo, hi)`` of periodic coefficient frames
+    ``[C*P, L]`` (J = 8) once synthesized (the second period of two, past the filters' start)."""
+    from walloc_audio.runtime import FrameFIR
+    from walloc_audio.wavelets import packet_filters
+
+    frames = np.tile(coef, 2).reshape(channels, 256, -1).transpose(2, 0, 1)
+    y = FrameFIR(np.ascontiguousarray(packet_filters(8).synthesis, dtype=np.float32)).process(
+        np.ascontiguousarray(frames, dtype=np.float32))  # [n, C, N]
+    y = y.transpose(1, 0, 2).reshape(channels, -1)[:, TABLE_SAMPLES:]
+    power = np.square(np.abs(np.fft.rfft(y))).sum(axis=0)
+    f = np.fft.rfftfreq(y.shape[1], 1 / 44100)
+    return float(power[(f < lo - 200) | (f >= hi + 200)].sum() / power.sum())
+
+
+def test_band_limited_noise_stays_in_its_group_and_white_noise_does_not(model):
+    """Synthesized, white noise in a group's coefficients spreads 20-30 % of its energy away from
+    the 6.3-8 and 12.5-16 kHz groups (filter images that only a real signal's neighbouring bands
+    cancel); the band-limited tables keep it in (none before the null-space projection, a few % after)."""
+    c = model.config
+    spec = FillSpec()
+    table = band_noise(spec.edges_hz, c.sample_rate, c.J)  # [G, P, L], one period
+    assert table.shape == (len(spec.edges_hz) - 1, 256, TABLE_SAMPLES // 256)
+    tables, _ = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)._tables
+    q, _ = NoiseFill(FillSpec(noise=WHITE), model.runtime._encoder, c.channels, c.J, c.sample_rate)._projector
+    nf = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)
+    rng = np.random.default_rng(3)
+    for g in (1, 4):
+        lo, hi = spec.edges_hz[g], spec.edges_hz[g + 1]
+        assert _outside_db(table[g], lo, hi, 1) < 1e-4
+        assert _outside_db(tables[g], lo, hi, 2) < 0.1
+        sl = nf._pairs[g]  # channel 0, group g
+        white = q[:, sl] @ rng.standard_normal((sl.stop - sl.start, table.shape[2]))
+        assert _outside_db(white, lo, hi, 2) > 0.15
+
+
+def test_the_noise_tables_repeat_without_a_seam(model):
+    """Frame ``t`` and frame ``t + L`` get the same noise: a stream of any length wraps around the period."""
+    c = model.config
+    nf = NoiseFill(FillSpec(block=4), model.runtime._encoder, c.channels, c.J, c.sample_rate)
+    period = TABLE_SAMPLES // 256
+    rng = np.random.default_rng(2)
+    coef = (1e-4 * rng.standard_normal((c.channels * 256, 16))).astype(np.float32)
+    levels = rng.integers(20, 50, size=(4, 2, len(nf.groups))).astype(np.int32)
+    outs = []
+    for start in (period - 6, 2 * period - 6):  # each run crosses the end of the period
+        nf.reset()
+        nf.frame = start
+        nf.push(levels, 16)
+        outs.append(nf.apply(coef.copy()))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.abs(outs[0] - coef).max() > 0
 
 
 def test_a_mid_side_fill_is_as_correlated_as_the_original(model):
@@ -131,6 +186,7 @@ def test_a_left_right_fill_file_of_the_previous_encoder_decodes_as_it_did(tmp_pa
     with open(src, "rb") as f:
         h = read_header(f)
     assert h.version == 2 and h.fill and "channels" not in h.fill and not h.fill_spec().mid_side
+    assert "noise" not in h.fill and h.fill_spec().noise == WHITE  # written before the band-limited noise
     decompress_file(str(src), str(tmp_path / "out.wav"), subtype="FLOAT")
     y = read_audio(tmp_path / "out.wav")[0]
     ref = read_audio(FIXTURES / "v2-stereo-5x-linear-fill-lr.decoded.flac")[0]
@@ -214,7 +270,8 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
                 {**FillSpec().to_header(), "block": 0}, {**FillSpec().to_header(), "fraction": 2},
                 {**FillSpec().to_header(), "step_db": 3.0}, {**FillSpec().to_header(), "edges_hz": list(range(1, 40))},
                 {**FillSpec().to_header(), "other": 1}, {"edges_hz": "x"},
-                {**FillSpec().to_header(), "channels": "left-right"}, {**FillSpec().to_header(), "channels": None}):
+                {**FillSpec().to_header(), "channels": "left-right"}, {**FillSpec().to_header(), "channels": None},
+                {**FillSpec().to_header(), "noise": "white"}, {**FillSpec().to_header(), "noise": "pink"}):
         with pytest.raises(BitstreamError, match="fill"):
             StreamHeader(**h, fill=bad).validate()
     with pytest.raises(BitstreamError, match="noise fill"):
@@ -222,8 +279,10 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
     # mid/side is said in the header (absent: left/right, the files before it) and needs two channels
     ms = FillSpec(mid_side=True)
     assert ms.to_header()["channels"] == "mid-side" and "channels" not in FillSpec().to_header()
-    for spec in (FillSpec(), ms):
+    for spec in (FillSpec(), ms, FillSpec(noise=WHITE)):
         assert StreamHeader(**h, fill=spec.to_header()).fill_spec() == spec
+    # the noise too: band-limited is written, white is a header without the field (the files before it)
+    assert FillSpec().to_header()["noise"] == BAND_LIMITED and "noise" not in FillSpec(noise=WHITE).to_header()
     with pytest.raises(BitstreamError, match="mid/side"):
         StreamHeader(**{**h, "channels": 1, "source_channels": 1}, fill=ms.to_header()).validate()
 
