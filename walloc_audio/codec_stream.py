@@ -129,7 +129,7 @@ class PacketEncoder:
             if levels is None:
                 return ad.encode(pk, self.bands)
             # A packet coded as silence gets no fill either: near-silence stays near-free and quiet.
-            return ad.encode(pk, self.bands) + encode_levels(levels if not pk.silent else levels * 0)
+            return ad.encode(pk, self.bands) + encode_levels(levels if not pk.silent else levels * 0, self.fill.planar)
 
         payload = code(exponent)
         cap = self.rate.max_payload
@@ -259,7 +259,7 @@ class PacketDecoder:
         if self.version == 2 and self.fill is not None:
             payload, section = split_payload(payload)
             blocks = -(-frames // self.fill.block)
-            levels = decode_levels(section, blocks, self.config.channels, len(self._filler.groups))
+            levels = decode_levels(section, blocks, self.config.channels, len(self._filler.groups), self.fill.planar)
         return self._latents(frames, payload), levels
 
     def _latents(self, frames: int, payload: bytes) -> np.ndarray:

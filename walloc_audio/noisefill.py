@@ -33,8 +33,10 @@ Contract:
   floor is never filled).
 
 Side information: per packet ``ceil(frames / block) * C * G`` levels in ``0..63`` (0:
-below -125 dB per coefficient, nothing to fill), range-coded as differences from the
-previous block (the first block from the previous group), each packet alone; a packet with
+below -125 dB per coefficient, nothing to fill), range-coded as differences from a
+prediction -- ``L[b-1, g] + L[b, g-1] - L[b-1, g-1]`` (header ``"levels": "planar"``), or
+in files without that field the previous block's level; the first block of a packet from
+the previous group -- each packet alone; a packet with
 nothing above the floor sends none. It travels
 after the packet's v2 payload with its length in the last two bytes; the header's ``fill``
 field says it is there and how it was measured.
@@ -81,7 +83,12 @@ TABLE_SAMPLES = 2**17  # period of the band-limited noise: 3.0 s at 44.1 kHz, lo
 _H = np.float32(np.sqrt(0.5))
 _TAIL = struct.Struct("<H")
 _DELTA = constriction.stream.model.QuantizedLaplace(-MAX_LEVEL, MAX_LEVEL)
+_PLANAR_DELTA = constriction.stream.model.QuantizedLaplace(-2 * MAX_LEVEL, 2 * MAX_LEVEL)  # a planar guess may leave 0..63
 FIRST_SCALE, NEXT_SCALE = 6.0, 2.0  # Laplace scales of the first block's and later blocks' differences
+# Planar prediction (2026-12-07): fitted on the first 30 s of the 10 held-out tracks, twelve groups
+# (ideal code lengths at 1.0 / 1.25 / 1.5 / 2.0 / 2.5: +4.8 / +0.8 / 0 / +2.0 / +5.8 %).
+PLANAR_SCALE = 1.5
+PLANAR = "planar"  # header "levels": "planar"; absent: each level predicted from the block before
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,9 @@ class FillSpec:
     # What the decoder fills with: band-limited noise (header "noise": "band-limited") or, as every file
     # before it, white noise in the coefficients (header without the field).
     noise: str = BAND_LIMITED
+    # Levels predicted from the block before and the group below (header "levels": "planar", since
+    # 2026-12-07: 17 % fewer bits for them) or, as every file before it, from the block before alone.
+    planar: bool = True
 
     @classmethod
     def for_frame(cls, frame: int, **kw) -> "FillSpec":
@@ -112,6 +122,8 @@ class FillSpec:
             d["channels"] = MID_SIDE
         if self.noise != WHITE:  # absent: white noise, as every file before it
             d["noise"] = self.noise
+        if self.planar:  # absent: the previous block's prediction, as every file before it
+            d["levels"] = PLANAR
         return d
 
     @classmethod
@@ -125,12 +137,13 @@ class FillSpec:
                   and all(0 < a < b for a, b in zip(edges[:-1], edges[1:])) and edges[-1] <= sample_rate / 2
                   and d.get("step_db") == STEP_DB and d.get("floor_db") == FLOOR_DB
                   and d.get("channels", MID_SIDE) == MID_SIDE and d.get("noise", BAND_LIMITED) == BAND_LIMITED
-                  and set(d) - {"channels", "noise"} == {"edges_hz", "block", "fraction", "step_db", "floor_db"})
+                  and d.get("levels", PLANAR) == PLANAR
+                  and set(d) - {"channels", "noise", "levels"} == {"edges_hz", "block", "fraction", "step_db", "floor_db"})
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise BitstreamError(f"invalid header: fill={d!r}")
-        return cls(edges, block, float(fraction), "channels" in d, d.get("noise", WHITE))
+        return cls(edges, block, float(fraction), "channels" in d, d.get("noise", WHITE), "levels" in d)
 
     def groups(self, J: int, sample_rate: int) -> list[np.ndarray]:
         """Frequency-ordered band indices of each group (groups without a band are kept empty)."""
@@ -176,24 +189,33 @@ def measure(coef: np.ndarray, groups: list[np.ndarray], block: int, mid_side: bo
     return out
 
 
-def _predictions(levels: np.ndarray) -> np.ndarray:
-    """Each level's prediction: the previous block's (first block: the previous group's, then 32)."""
+def _predictions(levels: np.ndarray, planar: bool = False) -> np.ndarray:
+    """Each level's prediction: the previous block's (first block: the previous group's, then 32);
+    ``planar``: from the second block and group on, ``L[b-1, g] + L[b, g-1] - L[b-1, g-1]``."""
     pred = np.empty_like(levels)
     pred[1:] = levels[:-1]
+    if planar:
+        pred[1:, :, 1:] += levels[1:, :, :-1] - levels[:-1, :, :-1]
     pred[0, :, 1:] = levels[0, :, :-1]
     pred[0, :, 0] = 32
     return pred
 
 
-def encode_levels(levels: np.ndarray) -> bytes:
-    """Range-coded levels ``[blocks, C, G]`` followed by their byte length (u16); all zero: the length alone."""
+def _scales(shape: tuple[int, ...], planar: bool) -> np.ndarray:
+    scales = np.full(shape, PLANAR_SCALE if planar else NEXT_SCALE)
+    scales[0] = FIRST_SCALE
+    return scales
+
+
+def encode_levels(levels: np.ndarray, planar: bool = False) -> bytes:
+    """Range-coded levels ``[blocks, C, G]`` followed by their byte length (u16); all zero: the length alone.
+
+    ``planar``: predicted from the block before and the group below (header ``"levels": "planar"``)."""
     if not levels.any():  # silence (or nothing above the floor): two bytes
         return _TAIL.pack(0)
     enc = constriction.stream.queue.RangeEncoder()
-    d = (levels - _predictions(levels)).astype(np.int32)
-    scales = np.full(levels.shape, NEXT_SCALE)
-    scales[0] = FIRST_SCALE
-    enc.encode(d.ravel(), _DELTA, np.zeros(d.size), scales.ravel())
+    d = (levels - _predictions(levels, planar)).astype(np.int32)
+    enc.encode(d.ravel(), _PLANAR_DELTA if planar else _DELTA, np.zeros(d.size), _scales(d.shape, planar).ravel())
     body = enc.get_compressed().tobytes()
     return body + _TAIL.pack(len(body))
 
@@ -209,27 +231,27 @@ def split_payload(payload: bytes) -> tuple[bytes, bytes]:
     return payload[:cut], payload[cut : cut + n]
 
 
-def decode_levels(section: bytes, blocks: int, channels: int, groups: int) -> np.ndarray:
+def decode_levels(section: bytes, blocks: int, channels: int, groups: int, planar: bool = False) -> np.ndarray:
     """Inverse of :func:`encode_levels` (without the length); a corrupt section is a BitstreamError."""
     if not section:
         return np.zeros((blocks, channels, groups), dtype=np.int32)
     words = np.frombuffer(section, dtype=np.uint32)
+    shape = (blocks, channels, groups)
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        n = blocks * channels * groups
-        scales = np.full((blocks, channels, groups), NEXT_SCALE)
-        scales[0] = FIRST_SCALE
-        d = np.asarray(dec.decode(_DELTA, np.zeros(n), scales.ravel()), dtype=np.int32).reshape(blocks, channels, groups)
+        d = np.asarray(dec.decode(_PLANAR_DELTA if planar else _DELTA, np.zeros(blocks * channels * groups),
+                                  _scales(shape, planar).ravel()), dtype=np.int64).reshape(shape)
     except Exception as exc:  # constriction raises on inconsistent data
         raise BitstreamError(f"corrupt noise-fill section ({exc})") from None
+    # The first block predicts along groups, the rest along blocks; planar, the step from one block
+    # to the next is the running sum of the differences along groups: L[b] = L[b-1] + cumsum_g d[b].
     levels = np.empty_like(d)
-    for g in range(groups):  # the first block predicts along groups, the rest along blocks
-        levels[0, :, g] = d[0, :, g] + (levels[0, :, g - 1] if g else 32)
-    for b in range(1, blocks):
-        levels[b] = d[b] + levels[b - 1]
+    levels[0] = 32 + np.cumsum(d[0], axis=-1)
+    steps = np.cumsum(d[1:], axis=-1) if planar else d[1:]
+    levels[1:] = levels[0] + np.cumsum(steps, axis=0)
     if levels.min(initial=0) < 0 or levels.max(initial=0) > MAX_LEVEL:
         raise BitstreamError("noise-fill level outside 0..63")
-    return levels
+    return levels.astype(np.int32)
 
 
 # -- decoder side ---------------------------------------------------------------------------------

@@ -31,29 +31,47 @@ def music():
     return np.ascontiguousarray(x[:, : x.shape[1] // (64 * 256) * 64 * 256], dtype=np.float32)
 
 
-def test_levels_round_trip_and_corruption_is_an_error():
+@pytest.mark.parametrize("planar", [True, False])
+def test_levels_round_trip_and_corruption_is_an_error(planar):
     rng = np.random.default_rng(0)
-    for shape in [(1, 2, 7), (8, 2, 7), (3, 1, 1)]:
+    for shape in [(1, 2, 7), (8, 2, 7), (3, 1, 1), (16, 2, 12)]:
         levels = rng.integers(0, MAX_LEVEL + 1, size=shape).astype(np.int32)
         levels.flat[0], levels.flat[-1] = 0, MAX_LEVEL
-        section = encode_levels(levels)
+        if shape[0] > 2 and shape[2] > 1:  # the planar guess at its extreme: 63 + 63 - 0 for a 0
+            levels[1, 0, :2], levels[2, 0, :2] = (0, 63), (63, 0)
+        section = encode_levels(levels, planar)
         payload, body = split_payload(b"v2-payload" + section)
         assert payload == b"v2-payload"
-        np.testing.assert_array_equal(decode_levels(body, *shape), levels)
+        np.testing.assert_array_equal(decode_levels(body, *shape, planar), levels)
+        if planar:  # the other predictor reads the same bytes as other levels (or as corrupt)
+            try:
+                other = decode_levels(body, *shape, False)
+            except BitstreamError:
+                continue
+            assert not np.array_equal(other, levels)
     assert split_payload(encode_levels(np.zeros((2, 2, 7), np.int32))) == (b"", b"")
     assert not decode_levels(b"", 2, 2, 7).any()
     with pytest.raises(BitstreamError):
         split_payload(b"\x01")
     with pytest.raises(BitstreamError):
         split_payload(b"abcd" + (400).to_bytes(2, "little"))  # longer than its packet
-    bad = encode_levels(np.full((2, 2, 7), 40, np.int32))
+    bad = encode_levels(np.full((2, 2, 7), 40, np.int32), planar)
     flipped = bytes([bad[0] ^ 0xFF]) + bad[1:-2]
     try:
-        out = decode_levels(flipped, 2, 2, 7)
+        out = decode_levels(flipped, 2, 2, 7, planar)
     except BitstreamError:
         pass  # caught as corrupt, or decoded to some levels that stay in range:
     else:
         assert out.min() >= 0 and out.max() <= MAX_LEVEL
+
+
+def test_planar_prediction_codes_smooth_levels_in_fewer_bytes():
+    """Levels that follow a spectral tilt moving over time cost less predicted from both neighbours."""
+    b, g = np.meshgrid(np.arange(16), np.arange(12), indexing="ij")
+    rng = np.random.default_rng(4)
+    tilt = 40 - 1.5 * g + 6 * np.sin(b / 3.0)[:, None] + rng.normal(0, 0.7, (16, 12))
+    levels = np.clip(np.rint(np.stack([tilt, tilt - 3], axis=1)), 0, MAX_LEVEL).astype(np.int32)  # [16, 2, 12]
+    assert len(encode_levels(levels, True)) < 0.9 * len(encode_levels(levels, False))
 
 
 def test_measure_reads_the_mean_energy_of_each_group_in_steps():
@@ -189,6 +207,7 @@ def test_a_left_right_fill_file_of_the_previous_encoder_decodes_as_it_did(tmp_pa
         h = read_header(f)
     assert h.version == 2 and h.fill and "channels" not in h.fill and not h.fill_spec().mid_side
     assert "noise" not in h.fill and h.fill_spec().noise == WHITE  # written before the band-limited noise
+    assert "levels" not in h.fill and not h.fill_spec().planar  # and before the planar level prediction
     decompress_file(str(src), str(tmp_path / "out.wav"), subtype="FLOAT")
     y = read_audio(tmp_path / "out.wav")[0]
     ref = read_audio(FIXTURES / "v2-stereo-5x-linear-fill-lr.decoded.flac")[0]
@@ -273,7 +292,8 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
                 {**FillSpec().to_header(), "step_db": 3.0}, {**FillSpec().to_header(), "edges_hz": list(range(1, 40))},
                 {**FillSpec().to_header(), "other": 1}, {"edges_hz": "x"},
                 {**FillSpec().to_header(), "channels": "left-right"}, {**FillSpec().to_header(), "channels": None},
-                {**FillSpec().to_header(), "noise": "white"}, {**FillSpec().to_header(), "noise": "pink"}):
+                {**FillSpec().to_header(), "noise": "white"}, {**FillSpec().to_header(), "noise": "pink"},
+                {**FillSpec().to_header(), "levels": "block"}, {**FillSpec().to_header(), "levels": 1}):
         with pytest.raises(BitstreamError, match="fill"):
             StreamHeader(**h, fill=bad).validate()
     with pytest.raises(BitstreamError, match="noise fill"):
@@ -281,8 +301,9 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
     # mid/side is said in the header (absent: left/right, the files before it) and needs two channels
     ms = FillSpec(mid_side=True)
     assert ms.to_header()["channels"] == "mid-side" and "channels" not in FillSpec().to_header()
-    for spec in (FillSpec(), ms, FillSpec(noise=WHITE)):
+    for spec in (FillSpec(), ms, FillSpec(noise=WHITE), FillSpec(planar=False)):
         assert StreamHeader(**h, fill=spec.to_header()).fill_spec() == spec
+    assert FillSpec().to_header()["levels"] == "planar" and "levels" not in FillSpec(planar=False).to_header()
     # the noise too: band-limited is written, white is a header without the field (the files before it)
     assert FillSpec().to_header()["noise"] == BAND_LIMITED and "noise" not in FillSpec(noise=WHITE).to_header()
     with pytest.raises(BitstreamError, match="mid/side"):
