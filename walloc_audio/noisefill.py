@@ -172,20 +172,23 @@ def measure(coef: np.ndarray, groups: list[np.ndarray], block: int, mid_side: bo
     c, _, n = coef.shape
     nb = -(-n // block)
     out = np.zeros((nb, c, len(groups)), dtype=np.int32)
-    if n == 0:
+    used = [g for g, idx in enumerate(groups) if idx.size]
+    if n == 0 or not used:
         return out
-    power = np.square(coef, dtype=np.float64)
-    for g, idx in enumerate(groups):
-        if idx.size == 0:
-            continue
-        per_frame = power[:, idx, :].mean(axis=1)  # [C, n]
-        pad = np.zeros((c, nb * block - n))
-        sums = np.concatenate([per_frame, pad], axis=1).reshape(c, nb, block).sum(axis=2)
-        counts = np.minimum(block, n - block * np.arange(nb))
-        mean = sums / counts[None, :]
-        with np.errstate(divide="ignore"):
-            db = 10 * np.log10(mean)
-        out[:, :, g] = np.clip(np.rint((db - FLOOR_DB) / STEP_DB), 0, MAX_LEVEL).astype(np.int32).T
+    # Groups are adjacent runs of bands (consecutive edges): sum each block's frames, then each group's
+    # bands with one reduceat over the bands from the first group's to the last one's.
+    lo, hi = int(groups[used[0]][0]), int(groups[used[-1]][-1]) + 1
+    power = np.square(coef[:, lo:hi], dtype=np.float64)  # [C, bands, n]
+    if nb * block > n:
+        power = np.concatenate([power, np.zeros((c, hi - lo, nb * block - n))], axis=2)
+    per_block = power.reshape(c, hi - lo, nb, block).sum(axis=3)  # [C, bands, blocks]
+    sums = np.add.reduceat(per_block, [int(groups[g][0]) - lo for g in used], axis=1)  # [C, used, blocks]
+    counts = np.minimum(block, n - block * np.arange(nb))
+    sizes = np.array([groups[g].size for g in used])
+    mean = sums / (sizes[None, :, None] * counts[None, None, :])
+    with np.errstate(divide="ignore"):
+        db = 10 * np.log10(mean)
+    out[:, :, used] = np.clip(np.rint((db - FLOOR_DB) / STEP_DB), 0, MAX_LEVEL).astype(np.int32).transpose(2, 0, 1)
     return out
 
 
@@ -332,6 +335,8 @@ class NoiseFill:
         self._rows = np.array([c * self.bands + b for c in range(channels) for idx in self.groups for b in idx],
                               dtype=np.intp)
         self.reset()
+        if spec.noise == BAND_LIMITED:  # built now, not in the middle of a live stream's first packets
+            self._tables
 
     @functools.cached_property
     def _projector(self) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -344,11 +349,13 @@ class NoiseFill:
         return np.ascontiguousarray(q, dtype=np.float32), local
 
     @property
-    def _tables(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Band-limited noise: per pair ``i`` the null-space projection ``(I - E^+ E) N_i`` of its group's
-        periodic noise ``[C*P, L]`` placed in its channel (mid/side: in both, with signs) and shifted by
-        ``channel * L / C`` frames so channels differ; and that table's mean power per frame in the
-        pair's own directions ``[L]``. Built once per model and layout (~0.1 s, 12.6 MB at J = 8)."""
+    def _tables(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Band-limited noise: ``(noise, powers, R)``. ``noise[g]`` ``[L, P]``: group ``g``'s periodic noise
+        by frame (channel ``ch`` reads it ``ch * L / C`` frames on, so channels differ); ``powers[i]`` ``[L]``:
+        the mean power per frame of pair ``i``'s noise, placed in its channel (mid/side: in both, with
+        signs) and projected into the null space, in the pair's own directions; ``R``: an orthonormal
+        basis of the encoder's row space, so the projection is ``M - R (R^T M)``. Built once per model
+        and layout (~0.1 s, 6.3 MB at J = 8)."""
         import hashlib
 
         spec, e = self.spec, self._encoder
@@ -356,26 +363,30 @@ class NoiseFill:
                spec.edges_hz, spec.mid_side)
         if key not in _TABLES:
             c, p, g = self.channels, self.bands, len(self.groups)
-            # The encoder's row space as an orthonormal basis: (I - E^+ E) M = M - R (R^T M).
-            r = np.ascontiguousarray(np.linalg.qr(e.T)[0], dtype=np.float32)  # [C*P, L]
-            noise = band_noise(spec.edges_hz, self._rate, self._J)
+            r = np.ascontiguousarray(np.linalg.qr(e.T)[0], dtype=np.float32)  # [C*P, latents]
+            noise = band_noise(spec.edges_hz, self._rate, self._J)  # [G, P, L]
             length = noise.shape[2]
-            tables, powers = [], []
+            # Pair i's projected noise in its own directions B_i^T (N_i - R R^T N_i) = B_i^T N_i - (B_i^T R)(R^T N_i),
+            # with R^T N_i from the rows of R its channel (or both, for mid/side) holds: no [C*P, L] products.
+            basis_r = self._in_pair_directions(r)  # [cols, latents]: B^T R
+            powers = []
             for i, sl in enumerate(self._pairs):
                 ch, k = divmod(i, g)
-                src = np.roll(noise[k], -(ch * length // c), axis=1)
-                t = np.zeros((c * p, length), dtype=np.float32)
+                if sl.stop == sl.start:
+                    powers.append(np.zeros(length))
+                    continue
+                src = np.roll(noise[k], -(ch * length // c), axis=1)  # [P, L]
                 if spec.mid_side:  # the noise in both channels, (N, N) / sqrt 2 for mid, (N, -N) for side
-                    t[:p], t[p:] = src * _H, src * (_H if ch == 0 else -_H)
+                    coded = (r[:p] + (1 if ch == 0 else -1) * r[p:]).T @ (src * _H)
+                    own = src[self.groups[k]]  # B_i^T N_i: mid/side directions of (N, +-N) / sqrt 2
                 else:  # in its own channel's rows alone
-                    t[ch * p : (ch + 1) * p] = src
-                t -= r @ (r.T @ t)
-                powers.append(np.square(self._in_pair_directions(t)[sl], dtype=np.float64).mean(axis=0)
-                              if sl.stop > sl.start else np.zeros(length))
-                tables.append(t)
+                    coded = r[ch * p : (ch + 1) * p].T @ src
+                    own = src[self.groups[k]]
+                left = own - basis_r[sl] @ coded
+                powers.append(np.square(left, dtype=np.float64).mean(axis=0))
             while len(_TABLES) >= 4:
                 _TABLES.pop(next(iter(_TABLES)))
-            _TABLES[key] = (tables, powers)
+            _TABLES[key] = (np.ascontiguousarray(noise.transpose(0, 2, 1)), powers, r)
         return _TABLES[key]
 
     def _in_pair_directions(self, coef: np.ndarray) -> np.ndarray:
@@ -447,22 +458,37 @@ class NoiseFill:
         coef += q @ white  # one product: every pair's scaled noise, all in the encoder's null space
 
     def _fill_band_limited(self, coef: np.ndarray, blocks: list, first: int) -> None:
-        """The same per-block energy rule as the white fill, with each pair's projected noise table."""
-        tables, powers = self._tables
-        n = coef.shape[1]
-        cols = (first + np.arange(n)) % tables[0].shape[1]  # the frames' columns of the periodic tables
+        """The same per-block energy rule as the white fill: every pair's scaled noise summed by frame,
+        then projected into the null space once (two products with the row-space basis)."""
+        noise, powers, r = self._tables
+        n, p, length = coef.shape[1], self.bands, noise.shape[1]
+        frames = first + np.arange(n)
         sizes = np.array([m for m, _ in blocks])
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         targets = np.stack([t if t is not None else np.zeros((self.channels, len(self.groups))) for _, t in blocks])
         decoded = self._in_pair_directions(coef)  # [cols, n], before any noise is added
+        added = None  # [n, C*P]
         for i, sl in enumerate(self._pairs):
             ch, g = divmod(i, len(self.groups))
             want = targets[:, ch, g]
             if sl.stop == sl.start or not want.any():
                 continue
             have = np.add.reduceat(np.square(decoded[sl], dtype=np.float64).mean(axis=0), starts) / sizes
-            got = np.add.reduceat(powers[i][cols], starts) / sizes
+            got = np.add.reduceat(powers[i][frames % length], starts) / sizes
             deficit = self.spec.fraction * (want - have)
             scale = np.sqrt(np.divide(deficit, got, out=np.zeros_like(got), where=(deficit > 0) & (got > 0)))
-            if scale.any():
-                coef += tables[i][:, cols] * np.repeat(scale, sizes).astype(np.float32)[None, :]
+            if not scale.any():
+                continue
+            if added is None:
+                added = np.zeros((n, self.channels * p), dtype=np.float32)
+            rows = noise[g][(frames + ch * length // self.channels) % length]  # [n, P]
+            rows *= np.repeat(scale, sizes).astype(np.float32)[:, None]
+            if self.spec.mid_side:
+                rows *= _H
+                added[:, :p] += rows
+                added[:, p:] += rows if ch == 0 else -rows
+            else:
+                added[:, ch * p : (ch + 1) * p] += rows
+        if added is not None:
+            added -= (added @ r) @ r.T
+            coef += added.T
