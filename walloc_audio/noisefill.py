@@ -238,6 +238,8 @@ def decode_levels(section: bytes, blocks: int, channels: int, groups: int, plana
     """Inverse of :func:`encode_levels` (without the length); a corrupt section is a BitstreamError."""
     if not section:
         return np.zeros((blocks, channels, groups), dtype=np.int32)
+    if blocks < 1:
+        raise BitstreamError("noise-fill levels in a packet without frames")
     words = np.frombuffer(section, dtype=np.uint32)
     shape = (blocks, channels, groups)
     try:
@@ -278,18 +280,17 @@ def band_noise(edges_hz: tuple[int, ...], sample_rate: int, J: int) -> np.ndarra
             spectrum[inside] = rng.standard_normal(inside.size) + 1j * rng.standard_normal(inside.size)
             noise = np.fft.irfft(spectrum, n)
             x[g] = noise / np.sqrt(np.mean(np.square(noise)))
-    wrap = -(-_WRAP // p) * p
+    wrap = -(-max(_WRAP, 8 * p) // p) * p  # the J-level filters reach about 8 * 2**J samples
     nat = freq_to_natural(J)
     coef = packet_lifting(np.concatenate([x[:, n - wrap :], x, x[:, :wrap]], axis=1), J)[:, nat]
     coef *= band_scales(J)[nat].astype(np.float32)[None, :, None]
     return coef[:, :, wrap // p : (wrap + n) // p]
 
 
-_WRAP = 8192  # samples of the period wrapped around each side before the transform (the J = 8 filters reach ~2000)
+_WRAP = 8192  # samples of the period wrapped around each side before the transform, at least
 
 
-_TABLES: dict = {}  # (encoder digest, layout) -> (tables, powers): models decode many streams
-
+_TABLES: dict = {}  # (encoder digest, layout) -> NoiseFill._tables: a model decodes many streams
 
 
 class NoiseFill:
@@ -355,7 +356,7 @@ class NoiseFill:
         the mean power per frame of pair ``i``'s noise, placed in its channel (mid/side: in both, with
         signs) and projected into the null space, in the pair's own directions; ``R``: an orthonormal
         basis of the encoder's row space, so the projection is ``M - R (R^T M)``. Built once per model
-        and layout (~0.1 s, 6.3 MB at J = 8)."""
+        and layout (0.1-0.25 s, 6.3 MB at J = 8)."""
         import hashlib
 
         spec, e = self.spec, self._encoder
