@@ -122,14 +122,16 @@ class PacketEncoder:
         envelope = self._level.update(y)
         quality = self._control.quality if self._control is not None else self.rate.quality
         exponent = exponent_for(envelope, quality)
-        levels = None if coef is None else measure(coef, self._fill_groups, self.fill.block, self.fill.mid_side)
+        levels = None if coef is None else measure(coef, self._fill_groups, self.fill.block, self.fill.mid_side,
+                                                   self.fill.step_db)
 
         def code(exponent: int) -> bytes:
             pk = ad.quantize(y, exponent, self.bands)
             if levels is None:
                 return ad.encode(pk, self.bands)
             # A packet coded as silence gets no fill either: near-silence stays near-free and quiet.
-            return ad.encode(pk, self.bands) + encode_levels(levels if not pk.silent else levels * 0, self.fill.planar)
+            return ad.encode(pk, self.bands) + encode_levels(levels if not pk.silent else levels * 0, self.fill.planar,
+                                                             self.fill.step_db)
 
         payload = code(exponent)
         cap = self.rate.max_payload
@@ -259,7 +261,8 @@ class PacketDecoder:
         if self.version == 2 and self.fill is not None:
             payload, section = split_payload(payload)
             blocks = -(-frames // self.fill.block)
-            levels = decode_levels(section, blocks, self.config.channels, len(self._filler.groups), self.fill.planar)
+            levels = decode_levels(section, blocks, self.config.channels, len(self._filler.groups), self.fill.planar,
+                                   self.fill.step_db)
         return self._latents(frames, payload), levels
 
     def _latents(self, frames: int, payload: bytes) -> np.ndarray:

@@ -6,7 +6,7 @@ decoder cannot guess them, so decodes lose 5-15 dB above 5 kHz and sound muffled
 is the parametric answer of high-band coders: per packet, the encoder sends the energy of
 the original in a few high band *groups* (by default twelve of about a sixth of an octave
 from 5 kHz: 5-5.6, 5.6-6.3, ..., 16-19, 19-22 kHz), per channel and per block of ``block``
-frames, in 1.5-dB steps;
+frames, in 3-dB steps (1.5 in files before 2026-12-07);
 the decoder adds noise limited to those bands wherever its own output falls short.
 
 Contract:
@@ -26,11 +26,11 @@ Contract:
   from a generator seeded with ``(SEED, t)``) and its scale comes from that frame's block
   alone (the block's target energy against the frame's decoded energy), so a stream decodes
   the same whatever the packets per call, and a live stream equals the file.
-* ``fraction`` of the missing energy is filled (0.6 by default: with white noise 0.5 gained
-  the same ViSQOL as a full fill at half the SNR cost; with band-limited noise, which puts
-  its energy where it is measured, 0.5 leaves the 10-12.5 kHz band 3.3 dB short on
-  average and 0.6 2.65 dB, at the same ViSQOL); silence stays silent (a level below the
-  floor is never filled).
+* ``fraction`` of the missing energy is filled (0.5 by default: with white noise it gained
+  the same ViSQOL as a full fill at half the SNR cost; with 3-dB level steps, whose range no
+  longer clips loud high bands, it keeps every band to 16 kHz within 2 dB of the original on
+  average and costs 0.1 dB less PSNR than 0.6 at the same ViSQOL); silence stays silent (a
+  level below the floor is never filled).
 
 Side information: per packet ``ceil(frames / block) * C * G`` levels in ``0..63`` (0:
 below -125 dB per coefficient, nothing to fill), range-coded as differences from a
@@ -69,10 +69,16 @@ SIX_GROUPS_HZ = (5000, 6300, 8000, 10000, 12500, 16000, 22050)  # the default ed
 # with stereo-5x-linear, 8 frames +0.75 and 4 frames +0.95 for 0.9 kbps more (2026-12-03).
 DEFAULT_BLOCK_SAMPLES = 1024
 DEFAULT_BLOCK = 4  # frames of 256 samples (J = 8); FillSpec.for_frame picks it for any J
-# 0.6 since the band-limited noise (2026-12-07, 10 held-out tracks): ViSQOL 3.540 at 0.5, 3.535 at 0.6,
-# 10-12.5 kHz -3.3 / -2.65 dB against the original; 0.75 and 1.0 lost 0.05-0.17 on two tracks.
-DEFAULT_FRACTION = 0.6
-STEP_DB = 1.5
+# 2026-12-07, 10 held-out tracks: with 1.5-dB steps ViSQOL 3.540 at 0.5, 3.535 at 0.6 (10-12.5 kHz -3.3 /
+# -2.65 dB against the original); with 3-dB steps 3.66 at 0.5, 3.645 at 0.6, paper PSNR -0.22 / -0.33 dB
+# against 1.5-dB steps at 0.6. 0.75 and 1.0 lost 0.05-0.17 on two tracks.
+DEFAULT_FRACTION = 0.5
+STEP_DB = 1.5  # level step of every file before 2026-12-07 (header "step_db")
+STEPS_DB = (1.5, 3.0)  # the level steps a header may give
+# 3 dB since 2026-12-07: 64 levels of 1.5 dB topped out at -30.5 dB per coefficient, under the high bands
+# of loud tracks (their fill fell short); 3-dB steps reach +64 dB, the levels cost 0.75 kbps less (twelve
+# groups, planar) and ViSQOL rose 3.61 -> 3.66 (desert3 +0.33, new_forest_map +0.16) on the 10 held-out tracks.
+DEFAULT_STEP_DB = 3.0
 FLOOR_DB = -125.0
 MAX_LEVEL = 63
 MAX_GROUPS = 16
@@ -86,8 +92,9 @@ _DELTA = constriction.stream.model.QuantizedLaplace(-MAX_LEVEL, MAX_LEVEL)
 _PLANAR_DELTA = constriction.stream.model.QuantizedLaplace(-2 * MAX_LEVEL, 2 * MAX_LEVEL)  # a planar guess may leave 0..63
 FIRST_SCALE, NEXT_SCALE = 6.0, 2.0  # Laplace scales of the first block's and later blocks' differences
 # Planar prediction (2026-12-07): fitted on the first 30 s of the 10 held-out tracks, twelve groups
-# (ideal code lengths at 1.0 / 1.25 / 1.5 / 2.0 / 2.5: +4.8 / +0.8 / 0 / +2.0 / +5.8 %).
-PLANAR_SCALE = 1.5
+# (1.5-dB steps, ideal code lengths at 1.0 / 1.25 / 1.5 / 2.0 / 2.5: +4.8 / +0.8 / 0 / +2.0 / +5.8 %;
+# 3-dB steps: 1.0 best of 0.75 / 1.0 / 1.25 / 1.5 / 2.0).
+PLANAR_SCALE = {1.5: 1.5, 3.0: 1.0}
 PLANAR = "planar"  # header "levels": "planar"; absent: each level predicted from the block before
 
 
@@ -109,6 +116,8 @@ class FillSpec:
     # Levels predicted from the block before and the group below (header "levels": "planar", since
     # 2026-12-07: 17 % fewer bits for them) or, as every file before it, from the block before alone.
     planar: bool = True
+    # Level step in dB (header "step_db"): 1.5 in every file before 2026-12-07.
+    step_db: float = DEFAULT_STEP_DB
 
     @classmethod
     def for_frame(cls, frame: int, **kw) -> "FillSpec":
@@ -117,7 +126,7 @@ class FillSpec:
 
     def to_header(self) -> dict:
         d = {"edges_hz": list(self.edges_hz), "block": self.block, "fraction": self.fraction,
-             "step_db": STEP_DB, "floor_db": FLOOR_DB}
+             "step_db": self.step_db, "floor_db": FLOOR_DB}
         if self.mid_side:  # absent: left/right, as every file before it
             d["channels"] = MID_SIDE
         if self.noise != WHITE:  # absent: white noise, as every file before it
@@ -135,7 +144,7 @@ class FillSpec:
             ok = (type(block) is int and 1 <= block <= 4096 and type(fraction) in (int, float)
                   and 0 < fraction <= 1 and 2 <= len(edges) <= MAX_GROUPS + 1
                   and all(0 < a < b for a, b in zip(edges[:-1], edges[1:])) and edges[-1] <= sample_rate / 2
-                  and d.get("step_db") == STEP_DB and d.get("floor_db") == FLOOR_DB
+                  and d.get("step_db") in STEPS_DB and d.get("floor_db") == FLOOR_DB
                   and d.get("channels", MID_SIDE) == MID_SIDE and d.get("noise", BAND_LIMITED) == BAND_LIMITED
                   and d.get("levels", PLANAR) == PLANAR
                   and set(d) - {"channels", "noise", "levels"} == {"edges_hz", "block", "fraction", "step_db", "floor_db"})
@@ -143,7 +152,8 @@ class FillSpec:
             ok = False
         if not ok:
             raise BitstreamError(f"invalid header: fill={d!r}")
-        return cls(edges, block, float(fraction), "channels" in d, d.get("noise", WHITE), "levels" in d)
+        return cls(edges, block, float(fraction), "channels" in d, d.get("noise", WHITE), "levels" in d,
+                   float(d["step_db"]))
 
     def groups(self, J: int, sample_rate: int) -> list[np.ndarray]:
         """Frequency-ordered band indices of each group (groups without a band are kept empty)."""
@@ -160,10 +170,11 @@ def to_mid_side(coef: np.ndarray) -> np.ndarray:
     return np.stack([(coef[0] + coef[1]) * _H, (coef[0] - coef[1]) * _H])
 
 
-def measure(coef: np.ndarray, groups: list[np.ndarray], block: int, mid_side: bool = False) -> np.ndarray:
+def measure(coef: np.ndarray, groups: list[np.ndarray], block: int, mid_side: bool = False,
+            step_db: float = STEP_DB) -> np.ndarray:
     """Levels ``[blocks, C, G]`` of coefficients ``[C, P (frequency order), n]``.
 
-    A level is the group's mean energy per coefficient over the block, in ``STEP_DB`` steps
+    A level is the group's mean energy per coefficient over the block, in ``step_db`` steps
     above ``FLOOR_DB`` (0: at or below the floor, or an empty group). With ``mid_side``
     the two channels are measured as mid and side.
     """
@@ -188,7 +199,7 @@ def measure(coef: np.ndarray, groups: list[np.ndarray], block: int, mid_side: bo
     mean = sums / (sizes[None, :, None] * counts[None, None, :])
     with np.errstate(divide="ignore"):
         db = 10 * np.log10(mean)
-    out[:, :, used] = np.clip(np.rint((db - FLOOR_DB) / STEP_DB), 0, MAX_LEVEL).astype(np.int32).transpose(2, 0, 1)
+    out[:, :, used] = np.clip(np.rint((db - FLOOR_DB) / step_db), 0, MAX_LEVEL).astype(np.int32).transpose(2, 0, 1)
     return out
 
 
@@ -204,13 +215,14 @@ def _predictions(levels: np.ndarray, planar: bool = False) -> np.ndarray:
     return pred
 
 
-def _scales(shape: tuple[int, ...], planar: bool) -> np.ndarray:
-    scales = np.full(shape, PLANAR_SCALE if planar else NEXT_SCALE)
-    scales[0] = FIRST_SCALE
+def _scales(shape: tuple[int, ...], planar: bool, step_db: float) -> np.ndarray:
+    """Laplace scales of the differences, in levels: fitted for 1.5-dB steps, the planar ones per step."""
+    scales = np.full(shape, PLANAR_SCALE[step_db] if planar else NEXT_SCALE * STEP_DB / step_db)
+    scales[0] = FIRST_SCALE * STEP_DB / step_db
     return scales
 
 
-def encode_levels(levels: np.ndarray, planar: bool = False) -> bytes:
+def encode_levels(levels: np.ndarray, planar: bool = False, step_db: float = STEP_DB) -> bytes:
     """Range-coded levels ``[blocks, C, G]`` followed by their byte length (u16); all zero: the length alone.
 
     ``planar``: predicted from the block before and the group below (header ``"levels": "planar"``)."""
@@ -218,7 +230,8 @@ def encode_levels(levels: np.ndarray, planar: bool = False) -> bytes:
         return _TAIL.pack(0)
     enc = constriction.stream.queue.RangeEncoder()
     d = (levels - _predictions(levels, planar)).astype(np.int32)
-    enc.encode(d.ravel(), _PLANAR_DELTA if planar else _DELTA, np.zeros(d.size), _scales(d.shape, planar).ravel())
+    enc.encode(d.ravel(), _PLANAR_DELTA if planar else _DELTA, np.zeros(d.size),
+               _scales(d.shape, planar, step_db).ravel())
     body = enc.get_compressed().tobytes()
     return body + _TAIL.pack(len(body))
 
@@ -234,7 +247,8 @@ def split_payload(payload: bytes) -> tuple[bytes, bytes]:
     return payload[:cut], payload[cut : cut + n]
 
 
-def decode_levels(section: bytes, blocks: int, channels: int, groups: int, planar: bool = False) -> np.ndarray:
+def decode_levels(section: bytes, blocks: int, channels: int, groups: int, planar: bool = False,
+                  step_db: float = STEP_DB) -> np.ndarray:
     """Inverse of :func:`encode_levels` (without the length); a corrupt section is a BitstreamError."""
     if not section:
         return np.zeros((blocks, channels, groups), dtype=np.int32)
@@ -245,7 +259,7 @@ def decode_levels(section: bytes, blocks: int, channels: int, groups: int, plana
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
         d = np.asarray(dec.decode(_PLANAR_DELTA if planar else _DELTA, np.zeros(blocks * channels * groups),
-                                  _scales(shape, planar).ravel()), dtype=np.int64).reshape(shape)
+                                  _scales(shape, planar, step_db).ravel()), dtype=np.int64).reshape(shape)
     except Exception as exc:  # constriction raises on inconsistent data
         raise BitstreamError(f"corrupt noise-fill section ({exc})") from None
     # The first block predicts along groups, the rest along blocks; planar, the step from one block
@@ -412,7 +426,7 @@ class NoiseFill:
         for i in range(blocks):
             n = min(b, frames - i * b)
             lv = levels[i]
-            self._blocks.append((n, np.where(lv > 0, 10 ** ((FLOOR_DB + STEP_DB * lv) / 10), 0.0) if lv.any()
+            self._blocks.append((n, np.where(lv > 0, 10 ** ((FLOOR_DB + self.spec.step_db * lv) / 10), 0.0) if lv.any()
                                  else None))
 
     def apply(self, coef: np.ndarray) -> np.ndarray:

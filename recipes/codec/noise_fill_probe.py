@@ -2,7 +2,7 @@
 """Noise fill on and off through the real file path: ViSQOL, SNR, PSNR, spectrum, kbps.
 
     python recipes/codec/noise_fill_probe.py [FILES...] [--model stereo-5x] [--seconds 10]
-        [--block N] [--fraction F] [--mid-side] [--edges HZ,HZ,...] [--noise band-limited|white]
+        [--block N] [--fraction F] [--mid-side] [--edges HZ,HZ,...] [--noise band-limited|white] [--step-db DB]
         [--baseline none|default|white]
 
 For each file (default: the demo clip, in the validation split of the codec corpus) the
@@ -31,7 +31,7 @@ from walloc_audio.audio import AudioReader, read_audio
 from walloc_audio.compress import decode_stream, encode_stream
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.metrics import paper_psnr, snr_db
-from walloc_audio.noisefill import BAND_LIMITED, WHITE, FillSpec
+from walloc_audio.noisefill import BAND_LIMITED, STEPS_DB, WHITE, FillSpec
 from walloc_audio.pretrained import load_model
 from walloc_audio.tools.evaluation import visqol
 
@@ -71,11 +71,12 @@ def main() -> None:
     ap.add_argument("--edges", type=lambda s: tuple(int(v) for v in s.split(",")), default=FillSpec.edges_hz,
                     help="band group edges in Hz, comma-separated (default: %(default)s)")
     ap.add_argument("--noise", choices=(BAND_LIMITED, WHITE), default=BAND_LIMITED, help="what the fill adds")
+    ap.add_argument("--step-db", type=float, choices=STEPS_DB, default=FillSpec.step_db, help="level step in dB")
     ap.add_argument("--baseline", choices=("none", "default", WHITE), default="none",
                     help="what the fill is compared with: no fill, the default fill, or the default with white noise")
     args = ap.parse_args()
     spec = FillSpec(edges_hz=args.edges, block=args.block, fraction=args.fraction, mid_side=args.mid_side,
-                    noise=args.noise)
+                    noise=args.noise, step_db=args.step_db)
     base = {"none": False, "default": FillSpec(), WHITE: FillSpec(noise=WHITE)}[args.baseline]
     model = load_model(args.model)
     rate = model.config.sample_rate

@@ -31,21 +31,21 @@ def music():
     return np.ascontiguousarray(x[:, : x.shape[1] // (64 * 256) * 64 * 256], dtype=np.float32)
 
 
-@pytest.mark.parametrize("planar", [True, False])
-def test_levels_round_trip_and_corruption_is_an_error(planar):
+@pytest.mark.parametrize("planar,step_db", [(True, 3.0), (True, 1.5), (False, 1.5)])
+def test_levels_round_trip_and_corruption_is_an_error(planar, step_db):
     rng = np.random.default_rng(0)
     for shape in [(1, 2, 7), (8, 2, 7), (3, 1, 1), (16, 2, 12)]:
         levels = rng.integers(0, MAX_LEVEL + 1, size=shape).astype(np.int32)
         levels.flat[0], levels.flat[-1] = 0, MAX_LEVEL
         if shape[0] > 2 and shape[2] > 1:  # the planar guess at its extreme: 63 + 63 - 0 for a 0
             levels[1, 0, :2], levels[2, 0, :2] = (0, 63), (63, 0)
-        section = encode_levels(levels, planar)
+        section = encode_levels(levels, planar, step_db)
         payload, body = split_payload(b"v2-payload" + section)
         assert payload == b"v2-payload"
-        np.testing.assert_array_equal(decode_levels(body, *shape, planar), levels)
+        np.testing.assert_array_equal(decode_levels(body, *shape, planar, step_db), levels)
         if planar:  # the other predictor reads the same bytes as other levels (or as corrupt)
             try:
-                other = decode_levels(body, *shape, False)
+                other = decode_levels(body, *shape, False, step_db)
             except BitstreamError:
                 continue
             assert not np.array_equal(other, levels)
@@ -55,10 +55,10 @@ def test_levels_round_trip_and_corruption_is_an_error(planar):
         split_payload(b"\x01")
     with pytest.raises(BitstreamError):
         split_payload(b"abcd" + (400).to_bytes(2, "little"))  # longer than its packet
-    bad = encode_levels(np.full((2, 2, 7), 40, np.int32), planar)
+    bad = encode_levels(np.full((2, 2, 7), 40, np.int32), planar, step_db)
     flipped = bytes([bad[0] ^ 0xFF]) + bad[1:-2]
     try:
-        out = decode_levels(flipped, 2, 2, 7, planar)
+        out = decode_levels(flipped, 2, 2, 7, planar, step_db)
     except BitstreamError:
         pass  # caught as corrupt, or decoded to some levels that stay in range:
     else:
@@ -84,6 +84,8 @@ def test_measure_reads_the_mean_energy_of_each_group_in_steps():
     want = round((-60 - FLOOR_DB) / STEP_DB)
     assert (levels[:, 0, 2] == want).all()
     assert levels.sum() == 2 * want  # everything else is below the floor: nothing to fill
+    coarse = measure(coef, groups, 8, step_db=3.0)  # the same energy in 3-dB steps
+    assert (coarse[:, 0, 2] == round((-60 - FLOOR_DB) / 3.0)).all() and coarse.sum() == 2 * coarse[0, 0, 2]
 
 
 @pytest.mark.parametrize("noise", [BAND_LIMITED, WHITE])
@@ -95,14 +97,14 @@ def test_the_fill_stays_in_the_encoders_null_space_and_reaches_its_energy(model,
     n = 16
     coef = np.zeros((c.channels * 256, n), dtype=np.float32)
     levels = np.zeros((2, 2, len(nf.groups)), dtype=np.int32)
-    levels[:, :, 3] = round((-70 - FLOOR_DB) / STEP_DB)  # the fourth group (7.1-8 kHz) at -70 dB, both channels
+    levels[:, :, 3] = round((-70 - FLOOR_DB) / spec.step_db)  # the fourth group (7.1-8 kHz) at -70 dB, both channels
     nf.push(levels, n)
     out = nf.apply(coef.copy())
     enc = np.asarray(model.runtime._encoder).reshape(-1, c.channels * 256)
     assert np.abs(enc @ out).max() < 1e-4 * np.abs(out).max()  # the latents do not see it
     rows = [ch * 256 + b for ch in range(2) for b in nf.groups[3]]
     energy_db = 10 * np.log10(np.mean(out[rows] ** 2))
-    assert energy_db == pytest.approx(-70, abs=0.8)
+    assert energy_db == pytest.approx(FLOOR_DB + spec.step_db * levels[0, 0, 3], abs=0.8)  # -70 dB to the step
     # no levels, or a decode already loud enough: nothing is added
     nf.reset()
     nf.push(None, n)
@@ -185,8 +187,8 @@ def test_a_mid_side_fill_is_as_correlated_as_the_original(model):
     original[:, groups[3]] = band  # the same high band in both channels
     corr = {}
     for mid_side in (True, False):
-        spec = FillSpec(block=8, fraction=1.0, mid_side=mid_side)
-        levels = measure(original, groups, 8, mid_side)
+        spec = FillSpec(block=8, fraction=1.0, mid_side=mid_side, step_db=STEP_DB)  # fine steps: energy to 0.75 dB
+        levels = measure(original, groups, 8, mid_side, spec.step_db)
         assert (levels[:, 1, 3] == 0).all() == mid_side  # mid/side: no side energy at all
         nf = NoiseFill(spec, model.runtime._encoder, c.channels, c.J, c.sample_rate)
         nf.push(levels, n)
@@ -222,7 +224,7 @@ def test_the_fill_does_not_depend_on_how_frames_arrive(model):
     nf = NoiseFill(FillSpec(block=8), model.runtime._encoder, c.channels, c.J, c.sample_rate)
     rng = np.random.default_rng(1)
     coef = (1e-4 * rng.standard_normal((c.channels * 256, 24))).astype(np.float32)
-    levels = rng.integers(20, 50, size=(3, 2, len(nf.groups))).astype(np.int32)
+    levels = rng.integers(10, 25, size=(3, 2, len(nf.groups))).astype(np.int32)  # -95..-50 dB in 3-dB steps
     nf.push(levels, 24)
     whole = nf.apply(coef.copy())
     nf.reset()
@@ -291,11 +293,12 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
     StreamHeader(**h, fill=FillSpec().to_header()).validate()
     for bad in ({"edges_hz": [5000, 4000], "block": 8, "fraction": 0.5, "step_db": 1.5, "floor_db": -125.0},
                 {**FillSpec().to_header(), "block": 0}, {**FillSpec().to_header(), "fraction": 2},
-                {**FillSpec().to_header(), "step_db": 3.0}, {**FillSpec().to_header(), "edges_hz": list(range(1, 40))},
+                {**FillSpec().to_header(), "step_db": 2.5}, {**FillSpec().to_header(), "edges_hz": list(range(1, 40))},
                 {**FillSpec().to_header(), "other": 1}, {"edges_hz": "x"},
                 {**FillSpec().to_header(), "channels": "left-right"}, {**FillSpec().to_header(), "channels": None},
                 {**FillSpec().to_header(), "noise": "white"}, {**FillSpec().to_header(), "noise": "pink"},
-                {**FillSpec().to_header(), "levels": "block"}, {**FillSpec().to_header(), "levels": 1}):
+                {**FillSpec().to_header(), "levels": "block"}, {**FillSpec().to_header(), "levels": 1},
+                {**FillSpec().to_header(), "step_db": 2.0}, {**FillSpec().to_header(), "step_db": "3.0"}):
         with pytest.raises(BitstreamError, match="fill"):
             StreamHeader(**h, fill=bad).validate()
     with pytest.raises(BitstreamError, match="noise fill"):
@@ -303,7 +306,8 @@ def test_the_header_carries_the_fill_and_refuses_a_bad_one(model, music, tmp_pat
     # mid/side is said in the header (absent: left/right, the files before it) and needs two channels
     ms = FillSpec(mid_side=True)
     assert ms.to_header()["channels"] == "mid-side" and "channels" not in FillSpec().to_header()
-    for spec in (FillSpec(), ms, FillSpec(noise=WHITE), FillSpec(planar=False)):
+    for spec in (FillSpec(), ms, FillSpec(noise=WHITE), FillSpec(planar=False), FillSpec(step_db=1.5),
+                 FillSpec(step_db=3.0)):
         assert StreamHeader(**h, fill=spec.to_header()).fill_spec() == spec
     assert FillSpec().to_header()["levels"] == "planar" and "levels" not in FillSpec(planar=False).to_header()
     # the noise too: band-limited is written, white is a header without the field (the files before it)
