@@ -307,6 +307,16 @@ _WRAP = 8192  # samples of the period wrapped around each side before the transf
 _TABLES: dict = {}  # (encoder digest, layout) -> NoiseFill._tables: a model decodes many streams
 
 
+def block_scales(decoded: np.ndarray, want: np.ndarray, got: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                 fraction: float) -> np.ndarray:
+    """The fill's energy rule: per block, the amplitude scale of a pair's noise that adds ``fraction``
+    of what the decode ``[cols, n]`` misses of ``want`` (mean energy per coefficient), given the noise's
+    own mean energy per block ``got``; 0 where nothing is missing."""
+    have = np.add.reduceat(np.square(decoded, dtype=np.float64).mean(axis=0), starts) / sizes
+    deficit = fraction * (want - have)
+    return np.sqrt(np.divide(deficit, got, out=np.zeros_like(got), where=(deficit > 0) & (got > 0)))
+
+
 class NoiseFill:
     """Adds the missing high-band energy to decoded coefficient frames, block by block.
 
@@ -464,11 +474,9 @@ class NoiseFill:
             if not w.shape[0] or not want.any():
                 w[:] = 0.0
                 continue
-            # Energy per block of the decode and of this pair's projected noise, in the pair's directions.
-            have = np.add.reduceat(np.square(decoded[sl], dtype=np.float64).mean(axis=0), starts) / sizes
+            # Energy per block of this pair's projected noise, in the pair's directions.
             got = np.add.reduceat(np.square(qi @ w, dtype=np.float64).mean(axis=0), starts) / sizes
-            deficit = self.spec.fraction * (want - have)
-            scale = np.sqrt(np.divide(deficit, got, out=np.zeros_like(got), where=(deficit > 0) & (got > 0)))
+            scale = block_scales(decoded[sl], want, got, starts, sizes, self.spec.fraction)
             w *= np.repeat(scale, sizes).astype(np.float32)[None, :]
         coef += q @ white  # one product: every pair's scaled noise, all in the encoder's null space
 
@@ -488,10 +496,8 @@ class NoiseFill:
             want = targets[:, ch, g]
             if sl.stop == sl.start or not want.any():
                 continue
-            have = np.add.reduceat(np.square(decoded[sl], dtype=np.float64).mean(axis=0), starts) / sizes
             got = np.add.reduceat(powers[i][frames % length], starts) / sizes
-            deficit = self.spec.fraction * (want - have)
-            scale = np.sqrt(np.divide(deficit, got, out=np.zeros_like(got), where=(deficit > 0) & (got > 0)))
+            scale = block_scales(decoded[sl], want, got, starts, sizes, self.spec.fraction)
             if not scale.any():
                 continue
             if added is None:

@@ -37,7 +37,7 @@ from noise_fill_probe import code  # this folder is on sys.path when the probe r
 from walloc_audio.audio import read_audio
 from walloc_audio.demo import DEMO_CLIP
 from walloc_audio.metrics import snr_db
-from walloc_audio.noisefill import BAND_LIMITED, SEED, WHITE, FillSpec, NoiseFill
+from walloc_audio.noisefill import BAND_LIMITED, SEED, WHITE, FillSpec, NoiseFill, block_scales
 from walloc_audio.pretrained import load_model
 from walloc_audio.tools.evaluation import visqol
 from walloc_audio.wavelets import subband_centres_hz
@@ -91,10 +91,8 @@ def oracle_fill(mode: str, original: np.ndarray):
             full = np.zeros_like(x)
             full[self._rows[sl]] = src[sl]
             full = null @ full
-            have = np.add.reduceat(np.square(decoded[sl], dtype=np.float64).mean(axis=0), starts) / sizes
             got = np.add.reduceat(np.square(full[self._rows[sl]], dtype=np.float64).mean(axis=0), starts) / sizes
-            deficit = self.spec.fraction * (want - have)
-            scale = np.sqrt(np.divide(deficit, got, out=np.zeros_like(got), where=(deficit > 0) & (got > 0)))
+            scale = block_scales(decoded[sl], want, got, starts, sizes, self.spec.fraction)
             coef += full * np.repeat(scale, sizes).astype(np.float32)[None, :]
 
     if mode not in ("white", "band-limited"):
