@@ -403,11 +403,10 @@ class NoiseFill:
                 src = np.roll(noise[k], -(ch * length // c), axis=1)  # [P, L]
                 if spec.mid_side:  # the noise in both channels, (N, N) / sqrt 2 for mid, (N, -N) for side
                     coded = (r[:p] + (1 if ch == 0 else -1) * r[p:]).T @ (src * _H)
-                    own = src[self.groups[k]]  # B_i^T N_i: mid/side directions of (N, +-N) / sqrt 2
                 else:  # in its own channel's rows alone
                     coded = r[ch * p : (ch + 1) * p].T @ src
-                    own = src[self.groups[k]]
-                left = own - basis_r[sl] @ coded
+                # B_i^T N_i is the group's rows of the noise either way (mid/side of (N, +-N) / sqrt 2 is N)
+                left = src[self.groups[k]] - basis_r[sl] @ coded
                 powers.append(np.square(left, dtype=np.float64).mean(axis=0))
             while len(_TABLES) >= 4:
                 _TABLES.pop(next(iter(_TABLES)))
@@ -455,18 +454,22 @@ class NoiseFill:
         return out
 
     def _fill(self, coef: np.ndarray, blocks: list, first: int) -> None:
-        if self.spec.noise == BAND_LIMITED:
-            self._fill_band_limited(coef, blocks, first)
-            return
-        q, local = self._projector
-        cols = q.shape[1]
+        """Fill the complete ``blocks`` of ``coef`` (in place), whose first frame is frame ``first``."""
         sizes = np.array([m for m, _ in blocks])
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        white = np.empty((cols, coef.shape[1]), dtype=np.float32)
-        for (m, _), a in zip(blocks, starts):  # a block's noise depends on its first frame alone
-            white[:, a : a + m] = np.random.default_rng([SEED, first + a]).standard_normal((cols, m), dtype=np.float32)
         targets = np.stack([t if t is not None else np.zeros((self.channels, len(self.groups))) for _, t in blocks])
-        decoded = self._in_pair_directions(coef)  # [cols, n]
+        decoded = self._in_pair_directions(coef)  # [cols, n], before any noise is added
+        fill = self._fill_band_limited if self.spec.noise == BAND_LIMITED else self._fill_white
+        fill(coef, first, sizes, starts, targets, decoded)
+
+    def _fill_white(self, coef: np.ndarray, first: int, sizes: np.ndarray, starts: np.ndarray,
+                    targets: np.ndarray, decoded: np.ndarray) -> None:
+        """White noise per block, seeded by the block's first frame; one product into the null space."""
+        q, local = self._projector
+        cols = q.shape[1]
+        white = np.empty((cols, coef.shape[1]), dtype=np.float32)
+        for m, a in zip(sizes, starts):  # a block's noise depends on its first frame alone
+            white[:, a : a + m] = np.random.default_rng([SEED, first + a]).standard_normal((cols, m), dtype=np.float32)
         for i, (sl, qi) in enumerate(zip(self._pairs, local)):
             ch, g = divmod(i, len(self.groups))
             w = white[sl]
@@ -480,16 +483,13 @@ class NoiseFill:
             w *= np.repeat(scale, sizes).astype(np.float32)[None, :]
         coef += q @ white  # one product: every pair's scaled noise, all in the encoder's null space
 
-    def _fill_band_limited(self, coef: np.ndarray, blocks: list, first: int) -> None:
+    def _fill_band_limited(self, coef: np.ndarray, first: int, sizes: np.ndarray, starts: np.ndarray,
+                           targets: np.ndarray, decoded: np.ndarray) -> None:
         """The same per-block energy rule as the white fill: every pair's scaled noise summed by frame,
         then projected into the null space once (two products with the row-space basis)."""
         noise, powers, r = self._tables
         n, p, length = coef.shape[1], self.bands, noise.shape[1]
         frames = first + np.arange(n)
-        sizes = np.array([m for m, _ in blocks])
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        targets = np.stack([t if t is not None else np.zeros((self.channels, len(self.groups))) for _, t in blocks])
-        decoded = self._in_pair_directions(coef)  # [cols, n], before any noise is added
         added = None  # [n, C*P]
         for i, sl in enumerate(self._pairs):
             ch, g = divmod(i, len(self.groups))

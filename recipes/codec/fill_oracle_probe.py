@@ -56,8 +56,10 @@ def oracle_fill(mode: str, original: np.ndarray):
         x = np.zeros((original.shape[0], n), dtype=np.float32)
         have_cols = max(0, min(n, original.shape[1] - first))
         x[:, :have_cols] = original[:, first : first + have_cols]
-        e = self._encoder
-        null = np.eye(e.shape[1], dtype=np.float32) - (np.linalg.pinv(e) @ e).astype(np.float32)
+        if not hasattr(self, "_null"):  # I - E^+ E, once per decoder
+            e = self._encoder
+            self._null = np.eye(e.shape[1], dtype=np.float32) - (np.linalg.pinv(e) @ e).astype(np.float32)
+        null = self._null
         if mode == "null-space":
             coef += null @ x
             return
