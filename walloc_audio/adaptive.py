@@ -175,6 +175,7 @@ class AdaptiveCoder:
         self.deadzone = float(deadzone)
         self.thresholds = context_thresholds(CONTEXT_BUCKETS)
         self._scale64 = np.maximum(self.scales.astype(np.float64), 1e-3)
+        self._scale64_flat = self._scale64.ravel()
         self._family = constriction.stream.model.QuantizedLaplace(-self.max_symbol, self.max_symbol)
         self._rows = np.arange(L)
         self._centroids = bool(np.any(self.offsets))
@@ -183,6 +184,7 @@ class AdaptiveCoder:
         self._bucket_lut = self.buckets(np.arange(self._lut_cap + 1))
         self._bucket_lut_from_minus1 = np.concatenate([[0], self._bucket_lut])  # feature -1 (no history): 0
         self._neigh = _neighbours(L)
+        self._edges: dict[int, np.ndarray] = {}
 
     # -- helpers shared by encoder and decoder ------------------------------------------------
     def buckets(self, features: np.ndarray) -> np.ndarray:
@@ -190,7 +192,11 @@ class AdaptiveCoder:
         return np.where(f < 0, 0, np.searchsorted(self.thresholds, f, side="right") + 1)
 
     def edges(self, bands: int) -> np.ndarray:
-        return band_edges(self.channels, bands)
+        e = self._edges.get(bands)
+        if e is None:  # a few band counts per stream: computed once each
+            e = self._edges[bands] = band_edges(self.channels, bands)
+            e.flags.writeable = False
+        return e
 
     def quantize(self, y: np.ndarray, exponent: int, bands: int) -> Quantized:
         return quantize(y, self.delta, exponent, self.edges(bands), self.knee, self.max_symbol, self.deadzone)
@@ -203,7 +209,9 @@ class AdaptiveCoder:
         sc = self._channel_scale(pk.scales, self.edges(bands))
         active = sc > 0
         b = self._bucket_lut_from_minus1[np.minimum(context_features(pk.symbols), self._lut_cap) + 1]  # = buckets()
-        return active, self._scale64[self._rows[active, None], sc[active, None] - 1, b[active]]
+        # scale64[c, sc - 1, b] as one flat gather
+        row = (self._rows[active] * self._scale64.shape[1] + sc[active] - 1) * self._scale64.shape[2]
+        return active, self._scale64_flat[row[:, None] + b[active]]
 
     # -- coding -----------------------------------------------------------------------------
     def encode(self, pk: Quantized, bands: int) -> bytes:

@@ -89,7 +89,13 @@ class PacketEncoder:
         if fill is not None and self.version != 2:
             raise ValueError("noise fill needs a version-2 stream")
         self.fill = fill  # noise-fill levels after each payload (noisefill)
-        self._fill_groups = fill.groups(c.J, c.sample_rate) if fill is not None else None
+        self._fill_groups = self._fill_bands = None
+        if fill is not None:  # the coefficients measured: the bands from the first group's to the last one's
+            groups = fill.groups(c.J, c.sample_rate)
+            used = [g for g in groups if g.size] or [np.zeros(1, dtype=np.int64)]
+            lo, hi = int(used[0][0]), int(used[-1][-1]) + 1
+            self._fill_bands = slice(lo, hi)
+            self._fill_groups = [g - lo for g in groups]
         self.packet_seconds = frames_per_packet * c.frame / c.sample_rate
         self.packet_samples = frames_per_packet * c.frame
         self.group_samples = group_packets * self.packet_samples
@@ -117,7 +123,8 @@ class PacketEncoder:
     def _code_v2(self, y: np.ndarray, frames: int, coef: np.ndarray | None = None) -> bytes:
         """Choose the step of one packet's latents ``[L, n]``, quantize and code them.
 
-        ``coef``: the packet's coefficients ``[C, P, n]`` when the stream carries noise-fill levels."""
+        ``coef``: the packet's coefficients of the fill's bands ``[C, bands, n]`` when the stream carries
+        noise-fill levels."""
         ad = self.model.adaptive
         envelope = self._level.update(y)
         quality = self._control.quality if self._control is not None else self.rate.quality
@@ -146,8 +153,8 @@ class PacketEncoder:
         """Encode one group ``[C, G*P]``; emit packets declaring ``frames[i]`` frames each."""
         stream = np.concatenate([self._history, span], axis=1)  # [C, H + G*P]
         self._history = stream[:, stream.shape[1] - self.history_samples :].copy()
-        if self.fill is not None:  # [L, G*F] latents and [C, P, G*F] coefficients
-            y, coef = self._runtime.analysis_frames(stream, coefficients=True)
+        if self.fill is not None:  # [L, G*F] latents and [C, fill bands, G*F] coefficients
+            y, coef = self._runtime.analysis_frames(stream, coefficients=True, bands=self._fill_bands)
         else:
             y, coef = self._runtime.analysis_frames(stream), None  # lifting tree, then the encoder
         if self.version == 1:

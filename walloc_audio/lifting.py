@@ -20,6 +20,11 @@ computed outside the block: the edges of a block are extended by zeros, which on
 coefficients whose filters reach past the block -- the encoder keeps ``M - 1`` frames of
 history, so the coefficients it uses are exactly the transform of the stream.
 
+The encoder runs these steps in C (``walloc_audio/_lifting.c``, built at install; 3-4x the
+NumPy path's speed, which makes a dozen passes over the signal per level): the same float32
+operations in the same order with no fused multiply-add, so both paths give the same bits
+(tests), and an install without a compiler runs the NumPy path.
+
 Determinism: lifting is element-wise (no reductions), so each coefficient is the same
 float32 function of the same samples whatever the block it was computed in; the encoder's
 matrix product has a fixed shape (see :mod:`walloc_audio.codec_stream`). The result
@@ -29,7 +34,16 @@ rounding of a bin edge).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+try:  # the same tree in C (walloc_audio/_lifting.c), built at install where a compiler is present
+    from . import _lifting as _native
+except ImportError:  # pragma: no cover - an install without a compiler: the NumPy path below
+    _native = None
+# WALLOC_AUDIO_NUMPY_LIFTING=1 runs the NumPy path even where the C one is built (checks, benchmarks).
+NATIVE = _native is not None and os.environ.get("WALLOC_AUDIO_NUMPY_LIFTING", "") in ("", "0")
 
 # CDF 9/7 lifting constants (Daubechies & Sweldens 1998, the JPEG 2000 irreversible transform).
 ALPHA = -1.586134342059924
@@ -64,18 +78,29 @@ def _update(target: np.ndarray, source: np.ndarray, coef: np.float32, tmp: np.nd
     target += tmp
 
 
-def packet_lifting(x: np.ndarray, levels: int) -> np.ndarray:
+def packet_lifting(x: np.ndarray, levels: int, native: bool | None = None) -> np.ndarray:
     """Unscaled packet coefficients of ``x`` ``[C, n]`` (``n`` a multiple of ``2**J``): ``[C, 2**J, n / 2**J]``.
 
     Bands in natural (Paley) order; multiply band ``p`` by ``band_scales(J)[p]`` for the
     PyWavelets ``bior4.4`` packet coefficients (what :func:`walloc_audio.wavelets.packet_filters`
     computes). Coefficient ``k`` of a band sits where sample ``k * 2**J`` does; samples
     outside ``x`` count as zero.
+
+    Float32 input runs the C tree where it is built (``native``: None for :data:`NATIVE`); it
+    gives the same bits as the NumPy steps below, which run for float64 and without it.
     """
     x = np.asarray(x)
     dtype = np.float64 if x.dtype == np.float64 else np.float32
     c, n = x.shape
     assert n % (1 << levels) == 0, f"length {n} is not a multiple of 2**{levels}"
+    if native is None:
+        native = NATIVE
+    if native and dtype == np.float32 and n > 0:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((c, 1 << levels, n >> levels), dtype=np.float32)
+        _native.packet_tree(x, out, np.empty_like(x), levels, *(float(v) for v in
+                                                                 np.array([ALPHA, BETA, GAMMA, DELTA], np.float32)))
+        return out
     a, b, g, e = np.array([ALPHA, BETA, GAMMA, DELTA], dtype=dtype)
     cur = x.astype(dtype, copy=False).reshape(c, 1, n)
     tmp_all = np.empty(c * n // 2, dtype=dtype)

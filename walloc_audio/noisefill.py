@@ -186,14 +186,15 @@ def measure(coef: np.ndarray, groups: list[np.ndarray], block: int, mid_side: bo
     used = [g for g, idx in enumerate(groups) if idx.size]
     if n == 0 or not used:
         return out
-    # Groups are adjacent runs of bands (consecutive edges): sum each block's frames, then each group's
-    # bands with one reduceat over the bands from the first group's to the last one's.
+    # Groups are adjacent runs of bands (consecutive edges): one reduceat over the bands from the first
+    # group's to the last one's sums each group's bands, then each block's frames are summed. Float32
+    # throughout: a few hundred terms are within 1e-5 of the exact sum, a level's step is 40 % or more.
     lo, hi = int(groups[used[0]][0]), int(groups[used[-1]][-1]) + 1
-    power = np.square(coef[:, lo:hi], dtype=np.float64)  # [C, bands, n]
+    power = np.square(coef[:, lo:hi], dtype=np.float32)  # [C, bands, n]
+    sums = np.add.reduceat(power, [int(groups[g][0]) - lo for g in used], axis=1)  # [C, used, n]
     if nb * block > n:
-        power = np.concatenate([power, np.zeros((c, hi - lo, nb * block - n))], axis=2)
-    per_block = power.reshape(c, hi - lo, nb, block).sum(axis=3)  # [C, bands, blocks]
-    sums = np.add.reduceat(per_block, [int(groups[g][0]) - lo for g in used], axis=1)  # [C, used, blocks]
+        sums = np.concatenate([sums, np.zeros((c, len(used), nb * block - n), dtype=np.float32)], axis=2)
+    sums = sums.reshape(c, len(used), nb, block).sum(axis=3, dtype=np.float64)  # [C, used, blocks]
     counts = np.minimum(block, n - block * np.arange(nb))
     sizes = np.array([groups[g].size for g in used])
     mean = sums / (sizes[None, :, None] * counts[None, None, :])

@@ -264,24 +264,27 @@ class RuntimeCodec:
         """Input frames before a run of frames that its latents depend on."""
         return self._analysis_span - 1
 
-    def analysis_frames(self, stream: np.ndarray, coefficients: bool = False):
+    def analysis_frames(self, stream: np.ndarray, coefficients: bool = False, bands: slice | None = None):
         """Float latents ``[L, K]`` of the last ``K`` frames of ``stream`` ``[C, (history_frames + K) * N]``.
 
         Packet tree by lifting (:mod:`walloc_audio.lifting`), then the 1x1 encoder: the
         latents of those frames given the ``history_frames`` before them. With
         ``coefficients``, also those frames' packet coefficients ``[C, P, K]`` in frequency
-        order (what the noise fill measures).
+        order (what the noise fill measures), or only the frequency-ordered ``bands``.
         """
         c = self.config
         k = stream.shape[1] // c.frame - self.history_frames
         assert k >= 0 and stream.shape[1] % c.frame == 0, f"bad stream length {stream.shape[1]}"
         coef = packet_lifting(np.asarray(stream, dtype=F32), c.J)  # [C, P, history + K]
         off = self.history_frames - self.analysis_delay
-        kept = np.ascontiguousarray(coef[:, :, off : off + k])
-        y = self.encoder_matrix @ kept.reshape(-1, k)
+        # The product reads the K columns in place (a row stride, no copy); its shape is fixed by K.
+        y = self.encoder_matrix @ coef.reshape(-1, coef.shape[2])[:, off : off + k]
         if not coefficients:
             return y
-        return y, kept[:, self._natural] * self._band_scales_freq[None, :, None]
+        band = slice(None) if bands is None else bands
+        kept = coef[:, self._natural[band], off : off + k]
+        kept *= self._band_scales_freq[band][None, :, None]
+        return y, kept
 
     # -- whole-signal helpers (fresh state; the packet coder streams the same functions) ----------
     def analyze(self, x: np.ndarray) -> np.ndarray:

@@ -85,3 +85,33 @@ def test_a_packet_depends_only_on_its_frames_and_the_history_before_them(music_4
     assert len(pa) == len(pb) == 8
     assert all(u != v for u, v in zip(pa[:5], pb[:5]))
     assert pa[5:] == pb[5:]
+
+
+def test_the_c_tree_is_built_and_gives_the_numpy_bits():
+    """The C packet tree (walloc_audio/_lifting.c) is what the encoder runs; it must equal the NumPy
+    steps bit for bit (no fused multiply-add), at every depth and for the encoder's block shapes."""
+    from walloc_audio import lifting
+
+    assert lifting.NATIVE, "walloc_audio._lifting was not built (make install compiles it)"
+    rng = np.random.default_rng(7)
+    for J, n in [(0, 8), (1, 2), (3, 40 * 8), (6, 7 * 64), (8, 256), (8, 65536 + 8 * 256)]:
+        x = rng.standard_normal((2, n)).astype(np.float32) * 0.5
+        c_tree = packet_lifting(x, J, native=True)
+        ref = packet_lifting(x, J, native=False)
+        assert c_tree.shape == ref.shape == (2, 2**J, n >> J) and c_tree.dtype == np.float32
+        assert np.array_equal(c_tree, ref), f"J={J} n={n}"
+    # a strided view is copied first, not misread
+    x = rng.standard_normal((2, 2 * 512)).astype(np.float32)[:, ::2]
+    assert np.array_equal(packet_lifting(x, 4, native=True), packet_lifting(x, 4, native=False))
+
+
+def test_the_c_tree_refuses_bad_buffers():
+    from walloc_audio import _lifting
+
+    x = np.zeros((2, 64), dtype=np.float32)
+    with pytest.raises(TypeError):
+        _lifting.packet_tree(x.astype(np.float64), np.empty_like(x), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):  # 64 samples are not a multiple of 2**7
+        _lifting.packet_tree(x, np.empty_like(x), np.empty_like(x), 7, 0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        _lifting.packet_tree(x, np.empty((2, 32), np.float32), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
