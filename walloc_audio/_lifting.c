@@ -11,7 +11,9 @@
  *   x:    float32 [C, n], C-contiguous, n a multiple of 2**levels (read only)
  *   out:  float32 [C, 2**levels, n / 2**levels] (written), natural (Paley) band order
  *   work: float32 scratch of C * n values
- * The GIL is released while it runs.
+ * packet_untree(bands, out, work, levels, alpha, beta, gamma, delta): the inverse, bands
+ *   [C, 2**levels, m] (natural order, unscaled) into out [C, m * 2**levels] (the decoder's synthesis).
+ * The GIL is released while they run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,6 +58,47 @@ static void tree(const float *x, float *out, float *work, Py_ssize_t channels, P
             which ^= 1;
             len = h;
             bands *= 2;
+        }
+    }
+}
+
+static void unpredict(float *restrict d, const float *restrict s, Py_ssize_t h, float c) {
+    for (Py_ssize_t k = 0; k + 1 < h; k++) d[k] -= c * (s[k] + s[k + 1]);
+    d[h - 1] -= c * s[h - 1];
+}
+
+static void unupdate(float *restrict s, const float *restrict d, Py_ssize_t h, float c) {
+    s[0] -= c * d[0];
+    for (Py_ssize_t k = 1; k < h; k++) s[k] -= c * (d[k - 1] + d[k]);
+}
+
+/* The inverse tree: bands [C, 2**levels, m] (natural order, unscaled) -> signal [C, m * 2**levels].
+ * Each level undoes the four steps on a pair of sibling bands in reverse order, then interleaves
+ * them into their parent band. */
+static void untree(const float *coef, float *out, float *work, Py_ssize_t channels, Py_ssize_t n, int levels,
+                   const float coef4[4]) {
+    for (Py_ssize_t ch = 0; ch < channels; ch++) {
+        float *a = work + ch * n, *b = out + ch * n;
+        memcpy(levels % 2 ? a : b, coef + ch * n, sizeof(float) * (size_t)n);
+        float *src = levels % 2 ? a : b, *dst = levels % 2 ? b : a; /* the last level lands in out */
+        Py_ssize_t h = levels ? n >> levels : n, pairs = levels ? (Py_ssize_t)1 << (levels - 1) : 0;
+        for (int lev = levels; lev > 0; lev--) {
+            for (Py_ssize_t r = 0; r < pairs; r++) {
+                float *s = src + 2 * r * h, *d = s + h, *parent = dst + 2 * r * h;
+                unupdate(s, d, h, coef4[3]);
+                unpredict(d, s, h, coef4[2]);
+                unupdate(s, d, h, coef4[1]);
+                unpredict(d, s, h, coef4[0]);
+                for (Py_ssize_t k = 0; k < h; k++) {
+                    parent[2 * k] = s[k];
+                    parent[2 * k + 1] = d[k];
+                }
+            }
+            float *t = src;
+            src = dst;
+            dst = t;
+            h *= 2;
+            pairs /= 2;
         }
     }
 }
@@ -109,8 +152,47 @@ static PyObject *packet_tree(PyObject *self, PyObject *args) {
     return result;
 }
 
+static PyObject *packet_untree(PyObject *self, PyObject *args) {
+    PyObject *co, *oo, *wo;
+    int levels;
+    float coef[4];
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOiffff", &co, &oo, &wo, &levels, &coef[0], &coef[1], &coef[2], &coef[3]))
+        return NULL;
+    Py_buffer c, out, work;
+    if (float_buffer(co, &c, 0, "bands") < 0) return NULL;
+    if (float_buffer(oo, &out, 1, "out") < 0) {
+        PyBuffer_Release(&c);
+        return NULL;
+    }
+    if (float_buffer(wo, &work, 1, "work") < 0) {
+        PyBuffer_Release(&c);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t channels = c.ndim == 3 ? c.shape[0] : 0;
+    if (levels < 0 || levels > 20 || channels < 1 || c.shape[1] != ((Py_ssize_t)1 << levels) || c.shape[2] < 1) {
+        PyErr_SetString(PyExc_ValueError, "bands must be [C, 2**levels, m] with m >= 1");
+    } else if (out.len != c.len || work.len < c.len) {
+        PyErr_SetString(PyExc_ValueError, "out must hold C * n values and work at least as many");
+    } else {
+        Py_ssize_t n = c.shape[1] * c.shape[2];
+        Py_BEGIN_ALLOW_THREADS
+        untree((const float *)c.buf, (float *)out.buf, (float *)work.buf, channels, n, levels, coef);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&work);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"packet_tree", packet_tree, METH_VARARGS, "CDF 9/7 packet tree of float32 [C, n] into out (see the module)."},
+    {"packet_untree", packet_untree, METH_VARARGS, "Its inverse: bands [C, 2**J, m] into out [C, m * 2**J]."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -117,3 +117,42 @@ def packet_lifting(x: np.ndarray, levels: int, native: bool | None = None) -> np
         _update(s, d, e, tmp)
         cur = out.reshape(c, 2 * bands, m)
     return cur
+
+
+def packet_unlifting(coef: np.ndarray, native: bool | None = None) -> np.ndarray:
+    """Inverse of :func:`packet_lifting`: unscaled bands ``[C, 2**J, m]`` (natural order) -> ``[C, m * 2**J]``.
+
+    Each level undoes the four steps in reverse order (with the same zero edges) and
+    interleaves a pair of sibling bands into their parent. The decoder's synthesis
+    (:class:`walloc_audio.runtime.LiftingSynthesis`) runs it in C for float32 where built.
+    """
+    coef = np.asarray(coef)
+    dtype = np.float64 if coef.dtype == np.float64 else np.float32
+    c, p, m = coef.shape
+    levels = p.bit_length() - 1
+    assert p == 1 << levels and m >= 1, f"bad band array {coef.shape}"
+    if native is None:
+        native = NATIVE
+    if native and dtype == np.float32:
+        coef = np.ascontiguousarray(coef, dtype=np.float32)
+        out = np.empty((c, p * m), dtype=np.float32)
+        _native.packet_untree(coef, out, np.empty_like(out), levels, *(float(v) for v in
+                                                                      np.array([ALPHA, BETA, GAMMA, DELTA], np.float32)))
+        return out
+    a, b, g, e = np.array([ALPHA, BETA, GAMMA, DELTA], dtype=dtype)
+    cur = coef.astype(dtype, copy=True)
+    tmp_all = np.empty(c * p * m // 2, dtype=dtype)
+    for _ in range(levels):
+        bands, h = cur.shape[1] // 2, cur.shape[2]
+        pair = cur.reshape(c, bands, 2, h)
+        s, d = pair[:, :, 0], pair[:, :, 1]
+        tmp = tmp_all.reshape(c, bands, h)
+        _update(s, d, -e, tmp)
+        _predict(d, s, -g, tmp)
+        _update(s, d, -b, tmp)
+        _predict(d, s, -a, tmp)
+        out = np.empty((c, bands, h, 2), dtype=dtype)
+        out[..., 0] = s
+        out[..., 1] = d
+        cur = out.reshape(c, bands, 2 * h)
+    return cur.reshape(c, p * m)

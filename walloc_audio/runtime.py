@@ -36,7 +36,7 @@ import functools
 import numpy as np
 
 from .config import CodecConfig
-from .lifting import band_scales, packet_lifting
+from .lifting import band_scales, packet_lifting, packet_unlifting
 from .wavelets import freq_to_natural, packet_filters, signal_from_frames
 
 F32 = np.float32
@@ -86,6 +86,44 @@ class FrameFIR:
         out = fir_frames(buf, self.taps)
         self._history = buf[buf.shape[0] - (self.num_taps - 1) :].copy()
         return out
+
+
+class LiftingSynthesis:
+    """The packet synthesis of :class:`FrameFIR` over ``wpt_synthesis`` taps, by inverse lifting.
+
+    ``process(frames [K, C, P])`` (frequency-ordered, PyWavelets-scaled coefficients, as the
+    FIR takes them) returns the same PCM ``[C, K * N]`` up to float32 rounding, at the same
+    delay: the inverse tree (:func:`walloc_audio.lifting.packet_unlifting`, in C where built)
+    runs over the last ``M - 1`` frames and the new ones, with zeros outside them, and keeps
+    the ``K`` frames ``synthesis_delay`` before the end -- every one of them reaches no
+    coefficient outside the buffer, so the zeros never show. About 40 operations a sample
+    where the FIR's matrix taps cost ``M * N`` (2304 at J = 8).
+    """
+
+    def __init__(self, levels: int):
+        f = packet_filters(levels)
+        self.frame = 1 << levels
+        self.history_frames = f.synthesis.shape[0] - 1
+        self.delay = f.synthesis_delay
+        nat = freq_to_natural(levels)
+        self._from_freq = np.argsort(nat)  # frequency index of each natural band
+        self._unscale = (1.0 / band_scales(levels)).astype(F32)[None, :, None]  # natural order
+        self.reset()
+
+    def reset(self) -> None:
+        self._history: np.ndarray | None = None
+
+    def process(self, frames: np.ndarray) -> np.ndarray:
+        k, c, p = frames.shape
+        assert p == self.frame, f"expected [K, C, {self.frame}] coefficient frames, got {frames.shape}"
+        if self._history is None:
+            self._history = np.zeros((c, p, self.history_frames), dtype=F32)
+        raw = np.asarray(frames, dtype=F32).transpose(1, 2, 0)[:, self._from_freq] * self._unscale  # [C, P, K]
+        buf = np.concatenate([self._history, raw], axis=2)
+        self._history = buf[:, :, buf.shape[2] - self.history_frames :].copy()
+        pcm = packet_unlifting(buf)  # [C, (H + K) * N]
+        start = (self.history_frames - self.delay) * p
+        return pcm[:, start : start + k * p]
 
 
 # -- quantizer ----------------------------------------------------------------------------------
@@ -310,7 +348,8 @@ class Synthesis:
         self.net = None if codec.linear_decoder else NetStream(codec.weights, codec.config)
         self.fill = fill  # a noisefill.NoiseFill: then the coefficients are formed before synthesis
         self._fused = codec.linear_decoder and fill is None
-        self.fir = FrameFIR(codec.synthesis_taps if self._fused else codec.wpt_synthesis)
+        # Latents straight to PCM through the fused taps, or coefficients through the inverse lifting tree.
+        self.fir = FrameFIR(codec.synthesis_taps) if self._fused else LiftingSynthesis(c.J)
         self._post_history = None
         if codec.post_filter is not None:
             self._post_history = np.zeros((c.channels, codec.post_filter.shape[1] - 1), dtype=F32)
@@ -337,7 +376,7 @@ class Synthesis:
             if self.fill is not None:
                 coef = self.fill.apply(np.ascontiguousarray(coef, dtype=F32))
             frames = np.ascontiguousarray(coef.reshape(c.channels, c.frame, -1).transpose(2, 0, 1))  # [n, C, P]
-            pcm = signal_from_frames(self.fir.process(frames), 1)[:, 0]
+            pcm = self.fir.process(frames)
         pcm = np.ascontiguousarray(pcm, dtype=F32)
         if self._post_history is not None and pcm.shape[1]:
             pcm = self._post_filter(pcm)

@@ -115,3 +115,36 @@ def test_the_c_tree_refuses_bad_buffers():
         _lifting.packet_tree(x, np.empty_like(x), np.empty_like(x), 7, 0.0, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         _lifting.packet_tree(x, np.empty((2, 32), np.float32), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("J", [0, 1, 3, 8])
+def test_unlifting_inverts_lifting_and_the_c_tree_gives_the_numpy_bits(J):
+    from walloc_audio.lifting import packet_unlifting
+
+    rng = np.random.default_rng(J)
+    x = rng.standard_normal((2, 24 * 2**J))
+    # perfect reconstruction, edges included (every step is undone with the same zero edges)
+    np.testing.assert_allclose(packet_unlifting(packet_lifting(x, J)), x, atol=1e-12)
+    c = packet_lifting(x.astype(np.float32), J)
+    assert np.array_equal(packet_unlifting(c, native=True), packet_unlifting(c, native=False))
+
+
+@pytest.mark.parametrize("J", [2, 8])
+def test_lifting_synthesis_is_the_fir_synthesis_in_any_partition(J):
+    """The decoder's inverse tree gives the FIR's PCM (float32 rounding) at the FIR's delay, call by call."""
+    from walloc_audio.runtime import F32, FrameFIR, LiftingSynthesis
+    from walloc_audio.wavelets import signal_from_frames
+
+    x = np.random.default_rng(J).standard_normal((40, 2, 2**J)).astype(F32)
+    fir = FrameFIR(np.ascontiguousarray(packet_filters(J).synthesis, dtype=F32))
+    syn = LiftingSynthesis(J)
+    a, b = [], []
+    assert syn.process(x[:0]).shape == (2, 0)
+    for i0, i1 in [(0, 1), (1, 9), (9, 33), (33, 40)]:
+        a.append(signal_from_frames(fir.process(x[i0:i1]), 1)[:, 0])
+        b.append(syn.process(x[i0:i1]))
+        assert b[-1].shape == (2, (i1 - i0) * 2**J)
+    a, b = np.concatenate(a, axis=1), np.concatenate(b, axis=1)
+    assert np.abs(a).max() > 1.0 and np.abs(a - b).max() < 1e-5
+    syn.reset()
+    np.testing.assert_array_equal(syn.process(x), b)  # one call, after reset: the same samples
