@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
+from . import native as _native
 from .entropy import _neighbours, _payload_words, context_features, context_thresholds, laplace_bin_probability
 from .errors import BitstreamError
 
@@ -184,6 +185,7 @@ class AdaptiveCoder:
         self._bucket_lut = self.buckets(np.arange(self._lut_cap + 1))
         self._bucket_lut_from_minus1 = np.concatenate([[0], self._bucket_lut])  # feature -1 (no history): 0
         self._neigh = _neighbours(L)
+        self._neigh_rows = np.ascontiguousarray(np.stack(self._neigh), dtype=np.int64)  # [4, L]: c-2, c-1, c+1, c+2
         self._edges: dict[int, np.ndarray] = {}
 
     # -- helpers shared by encoder and decoder ------------------------------------------------
@@ -213,6 +215,23 @@ class AdaptiveCoder:
         row = (self._rows[active] * self._scale64.shape[1] + sc[active] - 1) * self._scale64.shape[2]
         return active, self._scale64_flat[row[:, None] + b[active]]
 
+    def _frame_scales(self, pk: Quantized, bands: int, native: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_symbol_scales` frame-major, ``[F, La]`` -- the order the symbols are coded in; in C
+        (walloc_audio/_kernels.c) where built, the same integers and scales."""
+        if native is None:
+            native = _native.ENABLED
+        if not native:
+            active, table = self._symbol_scales(pk, bands)
+            return active, np.ascontiguousarray(table.T)
+        sc = self._channel_scale(pk.scales, self.edges(bands))
+        active = sc > 0
+        rows = np.flatnonzero(active)
+        table = np.ascontiguousarray(self._scale64[rows, sc[rows] - 1])  # [La, buckets]
+        out = np.empty((pk.symbols.shape[1], rows.size))
+        _native.kernels.context_scales(np.ascontiguousarray(pk.symbols, dtype=np.int32), rows, self._neigh_rows,
+                                self._bucket_lut, table, out)
+        return active, out
+
     # -- coding -----------------------------------------------------------------------------
     def encode(self, pk: Quantized, bands: int) -> bytes:
         """One packet's payload: E index, band scales, then the symbols of nonzero bands."""
@@ -226,10 +245,9 @@ class AdaptiveCoder:
         s = pk.scales.astype(np.int32)
         prev = np.concatenate([[S_LEVELS], s[:-1]])
         enc.encode(s, _CATEGORICAL, self.side[prev])
-        active, table = self._symbol_scales(pk, bands)
+        active, scales = self._frame_scales(pk, bands)  # [F, La]
         qa = pk.symbols[active]
-        enc.encode(np.ascontiguousarray(qa.T).ravel(), self._family, np.zeros(qa.size),
-                   np.ascontiguousarray(table.T).ravel())
+        enc.encode(np.ascontiguousarray(qa.T).ravel(), self._family, np.zeros(qa.size), scales.ravel())
         return enc.get_compressed().tobytes()
 
     def bits(self, pk: Quantized, bands: int) -> float:

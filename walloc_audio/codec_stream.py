@@ -120,17 +120,17 @@ class PacketEncoder:
                 self._control = BitrateControl(r.kbps, self.packet_seconds, r.framing_bytes, r.fixed_bytes,
                                                initial_quality_for(self.model, r.kbps, self.frames_per_packet))
 
-    def _code_v2(self, y: np.ndarray, frames: int, coef: np.ndarray | None = None) -> bytes:
+    def _measure(self, coef: np.ndarray) -> np.ndarray:
+        return measure(coef, self._fill_groups, self.fill.block, self.fill.mid_side, self.fill.step_db)
+
+    def _code_v2(self, y: np.ndarray, frames: int, levels: np.ndarray | None = None) -> bytes:
         """Choose the step of one packet's latents ``[L, n]``, quantize and code them.
 
-        ``coef``: the packet's coefficients of the fill's bands ``[C, bands, n]`` when the stream carries
-        noise-fill levels."""
+        ``levels``: the packet's noise-fill levels ``[blocks, C, G]`` when the stream carries them."""
         ad = self.model.adaptive
         envelope = self._level.update(y)
         quality = self._control.quality if self._control is not None else self.rate.quality
         exponent = exponent_for(envelope, quality)
-        levels = None if coef is None else measure(coef, self._fill_groups, self.fill.block, self.fill.mid_side,
-                                                   self.fill.step_db)
 
         def code(exponent: int) -> bytes:
             pk = ad.quantize(y, exponent, self.bands)
@@ -160,13 +160,21 @@ class PacketEncoder:
         if self.version == 1:
             q = self._runtime.quantizer.symbols(y)
         f = self.frames_per_packet
+        levels = None
+        if coef is not None and f % self.fill.block == 0 and all(n == f for n in frames):
+            levels = self._measure(coef[:, :, : len(frames) * f])  # whole packets: one call, the same levels
+        per = f // self.fill.block if levels is not None else 0
         out = []
         for i, n in enumerate(frames):
             if self.version == 1:
                 out.append((n, self.model.coder.encode(q[:, i * f : i * f + n])))
             else:
-                c = None if coef is None else coef[:, :, i * f : i * f + n]
-                out.append((n, self._code_v2(np.ascontiguousarray(y[:, i * f : i * f + n]), n, c)))
+                lv = None
+                if levels is not None:
+                    lv = levels[i * per : (i + 1) * per]
+                elif coef is not None:
+                    lv = self._measure(coef[:, :, i * f : i * f + n])
+                out.append((n, self._code_v2(np.ascontiguousarray(y[:, i * f : i * f + n]), n, lv)))
         self.frames_out += sum(frames)
         return out
 

@@ -20,7 +20,7 @@ computed outside the block: the edges of a block are extended by zeros, which on
 coefficients whose filters reach past the block -- the encoder keeps ``M - 1`` frames of
 history, so the coefficients it uses are exactly the transform of the stream.
 
-The encoder runs these steps in C (``walloc_audio/_lifting.c``, built at install; 3-4x the
+The encoder runs these steps in C (``walloc_audio/_kernels.c``, built at install; 3-4x the
 NumPy path's speed, which makes a dozen passes over the signal per level): the same float32
 operations in the same order with no fused multiply-add, so both paths give the same bits
 (tests), and an install without a compiler runs the NumPy path.
@@ -34,16 +34,9 @@ rounding of a bin edge).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-try:  # the same tree in C (walloc_audio/_lifting.c), built at install where a compiler is present
-    from . import _lifting as _native
-except ImportError:  # pragma: no cover - an install without a compiler: the NumPy path below
-    _native = None
-# WALLOC_AUDIO_NUMPY_LIFTING=1 runs the NumPy path even where the C one is built (checks, benchmarks).
-NATIVE = _native is not None and os.environ.get("WALLOC_AUDIO_NUMPY_LIFTING", "") in ("", "0")
+from . import native as _native
 
 # CDF 9/7 lifting constants (Daubechies & Sweldens 1998, the JPEG 2000 irreversible transform).
 ALPHA = -1.586134342059924
@@ -86,19 +79,20 @@ def packet_lifting(x: np.ndarray, levels: int, native: bool | None = None) -> np
     computes). Coefficient ``k`` of a band sits where sample ``k * 2**J`` does; samples
     outside ``x`` count as zero.
 
-    Float32 input runs the C tree where it is built (``native``: None for :data:`NATIVE`); it
-    gives the same bits as the NumPy steps below, which run for float64 and without it.
+    Float32 input runs the C tree where it is built (``native``: None for
+    :data:`walloc_audio.native.ENABLED`); it gives the same bits as the NumPy steps below, which
+    run for float64 and without it.
     """
     x = np.asarray(x)
     dtype = np.float64 if x.dtype == np.float64 else np.float32
     c, n = x.shape
     assert n % (1 << levels) == 0, f"length {n} is not a multiple of 2**{levels}"
     if native is None:
-        native = NATIVE
+        native = _native.ENABLED
     if native and dtype == np.float32 and n > 0:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty((c, 1 << levels, n >> levels), dtype=np.float32)
-        _native.packet_tree(x, out, np.empty_like(x), levels, *(float(v) for v in
+        _native.kernels.packet_tree(x, out, np.empty_like(x), levels, *(float(v) for v in
                                                                  np.array([ALPHA, BETA, GAMMA, DELTA], np.float32)))
         return out
     a, b, g, e = np.array([ALPHA, BETA, GAMMA, DELTA], dtype=dtype)
@@ -132,11 +126,11 @@ def packet_unlifting(coef: np.ndarray, native: bool | None = None) -> np.ndarray
     levels = p.bit_length() - 1
     assert p == 1 << levels and m >= 1, f"bad band array {coef.shape}"
     if native is None:
-        native = NATIVE
+        native = _native.ENABLED
     if native and dtype == np.float32:
         coef = np.ascontiguousarray(coef, dtype=np.float32)
         out = np.empty((c, p * m), dtype=np.float32)
-        _native.packet_untree(coef, out, np.empty_like(out), levels, *(float(v) for v in
+        _native.kernels.packet_untree(coef, out, np.empty_like(out), levels, *(float(v) for v in
                                                                       np.array([ALPHA, BETA, GAMMA, DELTA], np.float32)))
         return out
     a, b, g, e = np.array([ALPHA, BETA, GAMMA, DELTA], dtype=dtype)

@@ -282,3 +282,25 @@ def test_a_dead_zone_rounds_small_values_down_and_survives_save_and_load(linear,
     with pytest.raises(ValueError, match="dead zone"):
         AdaptiveCoder(ad.scales, ad.offsets, ad.side, delta=ad.delta, knee=ad.knee, max_symbol=ad.max_symbol,
                       reference_level=ad.reference_level, deadzone=0.5)
+
+
+def test_the_c_context_scales_are_the_numpy_ones():
+    """The encoder's C kernel for a packet's scales gives exactly what the NumPy path gives, on packets
+    with every band coded, some bands silent, one frame and loud symbols (the activity cap)."""
+    from walloc_audio import native
+    from walloc_audio.adaptive import bands_for
+    from walloc_audio.pretrained import load_model
+
+    assert native.ENABLED, "walloc_audio._kernels was not built (make install compiles it)"
+    ad = load_model("stereo-5x-linear").adaptive
+    rng = np.random.default_rng(3)
+    L = ad.channels
+    for frames, spread in [(64, 1.5), (64, 40.0), (2, 3.0), (1, 3.0), (17, 0.3)]:
+        bands = bands_for(frames, L)
+        y = rng.laplace(0, spread, (L, frames)).astype(np.float32) * ad.delta
+        y[: L // 3] = 0  # the first bands all zero: not coded
+        pk = ad.quantize(y, 0, bands)
+        a_c, s_c = ad._frame_scales(pk, bands, native=True)
+        a_n, s_n = ad._frame_scales(pk, bands, native=False)
+        assert np.array_equal(a_c, a_n) and s_c.shape == s_n.shape == (frames, int(a_n.sum()))
+        assert np.array_equal(s_c, s_n)

@@ -88,11 +88,11 @@ def test_a_packet_depends_only_on_its_frames_and_the_history_before_them(music_4
 
 
 def test_the_c_tree_is_built_and_gives_the_numpy_bits():
-    """The C packet tree (walloc_audio/_lifting.c) is what the encoder runs; it must equal the NumPy
+    """The C packet tree (walloc_audio/_kernels.c) is what the encoder runs; it must equal the NumPy
     steps bit for bit (no fused multiply-add), at every depth and for the encoder's block shapes."""
-    from walloc_audio import lifting
+    from walloc_audio import native
 
-    assert lifting.NATIVE, "walloc_audio._lifting was not built (make install compiles it)"
+    assert native.ENABLED, "walloc_audio._kernels was not built (make install compiles it)"
     rng = np.random.default_rng(7)
     for J, n in [(0, 8), (1, 2), (3, 40 * 8), (6, 7 * 64), (8, 256), (8, 65536 + 8 * 256)]:
         x = rng.standard_normal((2, n)).astype(np.float32) * 0.5
@@ -106,15 +106,15 @@ def test_the_c_tree_is_built_and_gives_the_numpy_bits():
 
 
 def test_the_c_tree_refuses_bad_buffers():
-    from walloc_audio import _lifting
+    from walloc_audio import _kernels
 
     x = np.zeros((2, 64), dtype=np.float32)
     with pytest.raises(TypeError):
-        _lifting.packet_tree(x.astype(np.float64), np.empty_like(x), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
+        _kernels.packet_tree(x.astype(np.float64), np.empty_like(x), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError):  # 64 samples are not a multiple of 2**7
-        _lifting.packet_tree(x, np.empty_like(x), np.empty_like(x), 7, 0.0, 0.0, 0.0, 0.0)
+        _kernels.packet_tree(x, np.empty_like(x), np.empty_like(x), 7, 0.0, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
-        _lifting.packet_tree(x, np.empty((2, 32), np.float32), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
+        _kernels.packet_tree(x, np.empty((2, 32), np.float32), np.empty_like(x), 3, 0.0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("J", [0, 1, 3, 8])

@@ -1,4 +1,7 @@
-/* The CDF 9/7 packet tree of walloc_audio.lifting in C: the encoder's hot loop.
+/* The codec's hot loops in C: the CDF 9/7 packet tree of walloc_audio.lifting and its inverse (the
+ * encoder's analysis, the decoder's synthesis), and the context scales of a version-2 packet.
+ *
+ * The packet tree:
  *
  * Same steps, same order of float32 operations as the NumPy path (each step is
  * target[k] + c * (source[k] + source[k +/- 1]), zero outside the row), built with
@@ -17,6 +20,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void predict(float *restrict d, const float *restrict s, Py_ssize_t h, float c) {
@@ -190,12 +195,95 @@ static PyObject *packet_untree(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* context_scales(symbols, rows, neighbours, lut, table, out): the Laplace scale of every coded
+ * symbol of a version-2 packet, frame-major, as walloc_audio.adaptive computes it with NumPy
+ * (entropy.context_features, then the bucket table): integers only, so the same scales.
+ *   symbols     int32 [L, F]        the packet's symbols
+ *   rows        int64 [La]          the coded channels
+ *   neighbours  int64 [4, L]        rows c-2, c-1, c+1, c+2 (mirrored at the edges)
+ *   lut         int64 [cap + 1]     bucket of an activity 0..cap (activities above cap: lut[cap])
+ *   table       float64 [La, B]     scale of each coded channel by bucket (bucket 0: the first frame)
+ *   out         float64 [F, La]     written
+ */
+static int typed_buffer(PyObject *obj, Py_buffer *view, int writable, const char *fmt, Py_ssize_t itemsize,
+                        const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    int ok = view->itemsize == itemsize && view->format != NULL &&
+             (strcmp(view->format, fmt) == 0 || (fmt[0] == 'q' && strcmp(view->format, "l") == 0 && itemsize == sizeof(long)));
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous buffer of format %s", name, fmt);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *context_scales(PyObject *self, PyObject *args) {
+    PyObject *o[6];
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5])) return NULL;
+    static const char *fmt[6] = {"i", "q", "q", "q", "d", "d"};
+    static const Py_ssize_t size[6] = {4, 8, 8, 8, 8, 8};
+    static const char *name[6] = {"symbols", "rows", "neighbours", "lut", "table", "out"};
+    Py_buffer v[6];
+    int got = 0;
+    for (; got < 6; got++)
+        if (typed_buffer(o[got], &v[got], got == 5, fmt[got], size[got], name[got]) < 0) break;
+    PyObject *result = NULL;
+    if (got == 6) {
+        Py_ssize_t L = v[0].ndim == 2 ? v[0].shape[0] : 0, F = v[0].ndim == 2 ? v[0].shape[1] : 0;
+        Py_ssize_t La = v[1].len / 8, cap = v[3].len / 8 - 1, B = La ? v[4].len / 8 / La : 0;
+        const int32_t *q = (const int32_t *)v[0].buf;
+        const int64_t *rows = (const int64_t *)v[1].buf, *nb = (const int64_t *)v[2].buf, *lut = (const int64_t *)v[3].buf;
+        const double *table = (const double *)v[4].buf;
+        double *out = (double *)v[5].buf;
+        int ok = L >= 1 && F >= 1 && cap >= 0 && v[2].len == 4 * 8 * L && v[5].len == 8 * F * La &&
+                 (La == 0 || (B >= 1 && v[4].len == 8 * La * B));
+        for (Py_ssize_t i = 0; ok && i < La; i++) ok = rows[i] >= 0 && rows[i] < L;
+        for (Py_ssize_t i = 0; ok && i < 4 * L; i++) ok = nb[i] >= 0 && nb[i] < L;
+        for (Py_ssize_t i = 0; ok && i <= cap; i++) ok = lut[i] >= 0 && lut[i] < B;
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "context_scales: inconsistent shapes or indices");
+        } else {
+            int64_t *mag = PyMem_RawMalloc(sizeof(int64_t) * (size_t)(L * F)); /* |q| frame-major [F, L] */
+            if (mag == NULL) {
+                for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+                return PyErr_NoMemory();
+            }
+            Py_BEGIN_ALLOW_THREADS
+            for (Py_ssize_t c = 0; c < L; c++)
+                for (Py_ssize_t t = 0; t < F; t++) mag[t * L + c] = llabs((long long)q[c * F + t]);
+            for (Py_ssize_t i = 0; i < La; i++) out[i] = table[i * B];
+            for (Py_ssize_t t = 1; t < F; t++) {
+                const int64_t *a1 = mag + (t - 1) * L, *a2 = mag + (t >= 2 ? t - 2 : 0) * L,
+                              *a3 = mag + (t >= 3 ? t - 3 : 0) * L;
+                for (Py_ssize_t i = 0; i < La; i++) {
+                    Py_ssize_t c = rows[i];
+                    int64_t f = 4 * a1[c] + 2 * a2[c] + a3[c] + 2 * (a1[nb[L + c]] + a1[nb[2 * L + c]]) + a1[nb[c]] +
+                                a1[nb[3 * L + c]];
+                    out[t * La + i] = table[i * B + lut[f < cap ? f : cap]];
+                }
+            }
+            Py_END_ALLOW_THREADS
+            PyMem_RawFree(mag);
+            Py_END_ALLOW_THREADS
+            result = Py_None;
+            Py_INCREF(result);
+        }
+    }
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"context_scales", context_scales, METH_VARARGS, "Scales of a version-2 packet's coded symbols, frame-major."},
     {"packet_tree", packet_tree, METH_VARARGS, "CDF 9/7 packet tree of float32 [C, n] into out (see the module)."},
     {"packet_untree", packet_untree, METH_VARARGS, "Its inverse: bands [C, 2**J, m] into out [C, m * 2**J]."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lifting", "The lifting packet tree in C.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "The codec's hot loops in C (see the source).", -1,
+                                     methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__lifting(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
