@@ -71,8 +71,12 @@ $(STAMP):
 
 venv: $(STAMP)
 
-# The editable install is redone every time: it points the shared venv at this clone.
+# The editable install is redone every time: it points the shared venv at this clone. It compiles
+# the C kernels (walloc_audio/_kernels.c) into the tree; the old module goes first, so a failed build
+# (the extension is optional) leaves none behind and the tests that need it say so.
+KERNELS_SO = walloc_audio/_kernels*.so
 install: system-deps venv
+	rm -f $(KERNELS_SO)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 $(LEAN_STAMP):
@@ -80,6 +84,7 @@ $(LEAN_STAMP):
 
 # (build isolation: the lean venv holds no setuptools of its own)
 install-lean: system-deps $(LEAN_STAMP)
+	rm -f $(KERNELS_SO)
 	$(LEAN_BIN)/pip install -q --no-deps -e .
 
 clean-venv:

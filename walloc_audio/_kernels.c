@@ -267,7 +267,56 @@ static PyObject *context_scales(PyObject *self, PyObject *args) {
             }
             Py_END_ALLOW_THREADS
             PyMem_RawFree(mag);
-            Py_END_ALLOW_THREADS
+            result = Py_None;
+            Py_INCREF(result);
+        }
+    }
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
+/* decoder_step(qt, mags, t, rows, neighbours, lut, table, out): the decoder's per-frame context step.
+ * Stores the magnitudes of frame t's decoded symbols (qt, int32 [La], the coded channels') into
+ * mags (int64 [F, L], frame-major, zero elsewhere), then writes frame t + 1's scales into out
+ * (float64 [La]) -- the same activity as context_scales, so the decoder reads what the encoder wrote. */
+static PyObject *decoder_step(PyObject *self, PyObject *args) {
+    PyObject *o[7];
+    Py_ssize_t t;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOnOOOOO", &o[0], &o[1], &t, &o[2], &o[3], &o[4], &o[5], &o[6])) return NULL;
+    static const char *fmt[7] = {"i", "q", "q", "q", "q", "d", "d"};
+    static const Py_ssize_t size[7] = {4, 8, 8, 8, 8, 8, 8};
+    static const char *name[7] = {"qt", "mags", "rows", "neighbours", "lut", "table", "out"};
+    Py_buffer v[7];
+    int got = 0;
+    for (; got < 7; got++)
+        if (typed_buffer(o[got], &v[got], got == 1 || got == 6, fmt[got], size[got], name[got]) < 0) break;
+    PyObject *result = NULL;
+    if (got == 7) {
+        Py_ssize_t La = v[2].len / 8, L = v[1].ndim == 2 ? v[1].shape[1] : 0, F = v[1].ndim == 2 ? v[1].shape[0] : 0;
+        Py_ssize_t cap = v[4].len / 8 - 1, B = La ? v[5].len / 8 / La : 0;
+        const int32_t *qt = (const int32_t *)v[0].buf;
+        int64_t *mags = (int64_t *)v[1].buf;
+        const int64_t *rows = (const int64_t *)v[2].buf, *nb = (const int64_t *)v[3].buf, *lut = (const int64_t *)v[4].buf;
+        const double *table = (const double *)v[5].buf;
+        double *out = (double *)v[6].buf;
+        int ok = L >= 1 && t >= 0 && t + 1 < F && cap >= 0 && v[0].len == 4 * La && v[3].len == 4 * 8 * L &&
+                 v[6].len == 8 * La && (La == 0 || (B >= 1 && v[5].len == 8 * La * B));
+        for (Py_ssize_t i = 0; ok && i < La; i++) ok = rows[i] >= 0 && rows[i] < L;
+        for (Py_ssize_t i = 0; ok && i < 4 * L; i++) ok = nb[i] >= 0 && nb[i] < L;
+        for (Py_ssize_t i = 0; ok && i <= cap; i++) ok = lut[i] >= 0 && lut[i] < B;
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "decoder_step: inconsistent shapes or indices");
+        } else {
+            int64_t *a1 = mags + t * L;
+            const int64_t *a2 = mags + (t >= 1 ? t - 1 : 0) * L, *a3 = mags + (t >= 2 ? t - 2 : 0) * L;
+            for (Py_ssize_t i = 0; i < La; i++) a1[rows[i]] = llabs((long long)qt[i]);
+            for (Py_ssize_t i = 0; i < La; i++) {
+                Py_ssize_t c = rows[i];
+                int64_t f = 4 * a1[c] + 2 * a2[c] + a3[c] + 2 * (a1[nb[L + c]] + a1[nb[2 * L + c]]) + a1[nb[c]] +
+                            a1[nb[3 * L + c]];
+                out[i] = table[i * B + lut[f < cap ? f : cap]];
+            }
             result = Py_None;
             Py_INCREF(result);
         }
@@ -277,6 +326,7 @@ static PyObject *context_scales(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"decoder_step", decoder_step, METH_VARARGS, "Store a decoded frame's magnitudes, give the next frame's scales."},
     {"context_scales", context_scales, METH_VARARGS, "Scales of a version-2 packet's coded symbols, frame-major."},
     {"packet_tree", packet_tree, METH_VARARGS, "CDF 9/7 packet tree of float32 [C, n] into out (see the module)."},
     {"packet_untree", packet_untree, METH_VARARGS, "Its inverse: bands [C, 2**J, m] into out [C, m * 2**J]."},

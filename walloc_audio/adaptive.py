@@ -278,7 +278,22 @@ class AdaptiveCoder:
                 s[i] = prev = int(dec.decode(_CATEGORICAL, self.side[prev : prev + 1])[0])
             sc = self._channel_scale(s, edges)
             active = np.flatnonzero(sc > 0)
-            if active.size:
+            if active.size and _native.ENABLED:
+                # The same contexts as below, one C call a frame (walloc_audio/_kernels.c: decoder_step).
+                rows = np.ascontiguousarray(active, dtype=np.int64)
+                table = np.ascontiguousarray(self._scale64[active, sc[active] - 1])  # [La, buckets]
+                zeros = np.zeros(active.size)
+                scales = np.ascontiguousarray(table[:, 0])  # the first frame: bucket 0
+                mags = np.zeros((frames, L), dtype=np.int64)
+                cols = []
+                for t in range(frames):
+                    qt = np.asarray(dec.decode(self._family, zeros, scales), dtype=np.int32)
+                    cols.append(qt)
+                    if t + 1 < frames:
+                        scales = np.empty(active.size)
+                        _native.kernels.decoder_step(qt, mags, t, rows, self._neigh_rows, self._bucket_lut, table, scales)
+                q[active] = np.stack(cols, axis=1)
+            elif active.size:
                 # The context of frame t (entropy.context_features, one frame at a time): magnitudes
                 # one, two and three frames back, rolled forward as frames are decoded.
                 table = self._scale64[active, sc[active] - 1]  # [La, buckets]

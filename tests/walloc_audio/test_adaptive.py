@@ -304,3 +304,30 @@ def test_the_c_context_scales_are_the_numpy_ones():
         a_n, s_n = ad._frame_scales(pk, bands, native=False)
         assert np.array_equal(a_c, a_n) and s_c.shape == s_n.shape == (frames, int(a_n.sum()))
         assert np.array_equal(s_c, s_n)
+
+
+def test_the_c_decoder_step_decodes_what_the_numpy_loop_decodes(monkeypatch):
+    """Packets of real music decode to the same symbols with the C per-frame step and without it."""
+    from walloc_audio import native
+    from walloc_audio.adaptive import bands_for
+    from walloc_audio.audio import read_audio
+    from walloc_audio.demo import DEMO_CLIP
+    from walloc_audio.pretrained import load_model
+
+    assert native.ENABLED
+    m = load_model("stereo-5x-linear")
+    ad = m.adaptive
+    x, _ = read_audio(DEMO_CLIP)
+    y = m.runtime.analyze(np.ascontiguousarray(x[:, : 6 * 64 * 256], dtype=np.float32))
+    payloads = []
+    for frames in (64, 2, 1):
+        bands = bands_for(frames, ad.channels)
+        for i in range(0, 6 * 64, 64):
+            for e in (-8, 0, 24):  # fine, default-ish and coarse steps: every band coded, some not, silence
+                payloads.append((frames, bands, ad.encode(ad.quantize(y[:, i : i + frames], e, bands), bands)))
+    c_path = [ad.decode(p, f, b) for f, b, p in payloads]
+    monkeypatch.setattr(native, "ENABLED", False)
+    numpy_path = [ad.decode(p, f, b) for f, b, p in payloads]
+    for (qc, ec, sc), (qn, en, sn) in zip(c_path, numpy_path):
+        assert ec == en and np.array_equal(sc, sn) and np.array_equal(qc, qn)
+    assert any((s == 0).any() and s.any() for _, _, s in c_path)  # some packets with bands left out
