@@ -4,7 +4,7 @@
 #   - a private PulseAudio daemon (tests/pulse.sh) for the live-audio tests in tests/streaming.
 #     If it cannot start, the reason is printed and those tests skip; when CI is set (CI=true,
 #     as CI systems do) a daemon that will not start fails the run instead.
-# Extra arguments go to pytest. Exits with pytest's exit code.
+# Extra arguments go to pytest (and skip the second pass below). Exits with pytest's exit code.
 set -euo pipefail
 BIN="${1:?usage: tests/run_tests.sh VENV_BIN}"
 cd "$(dirname "$0")/.."
@@ -22,4 +22,9 @@ fi
 
 rc=0
 "$BIN/python" -m pytest -q tests "${@:2}" || rc=$?
+# The codec again with the NumPy twins of the C kernels (walloc_audio.native), what an install
+# without a C compiler runs: the same bits are asserted kernel by kernel, this checks the paths.
+if [ "$#" -le 1 ]; then
+    WALLOC_AUDIO_NUMPY=1 "$BIN/python" -m pytest -q tests/walloc_audio || rc=$?
+fi
 exit "$rc"
