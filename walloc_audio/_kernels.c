@@ -108,91 +108,108 @@ static void untree(const float *coef, float *out, float *work, Py_ssize_t channe
     }
 }
 
-static int float_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    if (view->itemsize != 4 || view->format == NULL || strcmp(view->format, "f") != 0) {
-        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float32 buffer", name);
-        PyBuffer_Release(view);
-        return -1;
+/* Buffers of the arguments: C-contiguous, of the given struct format and item size (int64 also as
+ * "l" where long is 8 bytes), writable where bit i of `writable` is set. On failure the ones taken
+ * are released and an exception is set. */
+static int get_buffers(PyObject *const *objs, Py_buffer *views, int n, const char *const *fmt,
+                       const Py_ssize_t *size, const char *const *name, unsigned writable) {
+    for (int i = 0; i < n; i++) {
+        int w = (writable >> i) & 1;
+        if (PyObject_GetBuffer(objs[i], &views[i], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (w ? PyBUF_WRITABLE : 0)) < 0) {
+            for (int j = 0; j < i; j++) PyBuffer_Release(&views[j]);
+            return -1;
+        }
+        const char *got = views[i].format;
+        int ok = views[i].itemsize == size[i] && got != NULL &&
+                 (strcmp(got, fmt[i]) == 0 || (fmt[i][0] == 'q' && strcmp(got, "l") == 0 && size[i] == sizeof(long)));
+        if (!ok) {
+            if (size[i] == 4 && fmt[i][0] == 'f')
+                PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float32 buffer", name[i]);
+            else
+                PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous buffer of format %s", name[i], fmt[i]);
+            for (int j = 0; j <= i; j++) PyBuffer_Release(&views[j]);
+            return -1;
+        }
     }
     return 0;
 }
 
-static PyObject *packet_tree(PyObject *self, PyObject *args) {
-    PyObject *xo, *oo, *wo;
+static void release_buffers(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
+}
+
+/* packet_tree and packet_untree: (source, out, work, levels, alpha, beta, gamma, delta). */
+static PyObject *tree_call(PyObject *args, int inverse) {
+    PyObject *o[3];
     int levels;
     float coef[4];
-    (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiffff", &xo, &oo, &wo, &levels, &coef[0], &coef[1], &coef[2], &coef[3]))
+    if (!PyArg_ParseTuple(args, "OOOiffff", &o[0], &o[1], &o[2], &levels, &coef[0], &coef[1], &coef[2], &coef[3]))
         return NULL;
-    Py_buffer x, out, work;
-    if (float_buffer(xo, &x, 0, "x") < 0) return NULL;
-    if (float_buffer(oo, &out, 1, "out") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
-    if (float_buffer(wo, &work, 1, "work") < 0) {
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&out);
-        return NULL;
-    }
+    static const char *fmt[3] = {"f", "f", "f"};
+    static const Py_ssize_t size[3] = {4, 4, 4};
+    const char *name[3] = {inverse ? "bands" : "x", "out", "work"};
+    Py_buffer v[3];
+    if (get_buffers(o, v, 3, fmt, size, name, 0x6) < 0) return NULL;
     PyObject *result = NULL;
-    Py_ssize_t total = x.len / 4, channels = x.ndim == 2 ? x.shape[0] : 0;
-    Py_ssize_t n = channels > 0 ? total / channels : 0;
-    if (levels < 0 || levels > 20 || channels < 1 || n < 1 || n % ((Py_ssize_t)1 << levels) != 0) {
-        PyErr_SetString(PyExc_ValueError, "x must be [C, n] with n a positive multiple of 2**levels");
-    } else if (out.len != x.len || work.len < x.len) {
-        PyErr_SetString(PyExc_ValueError, "out must hold C * n values and work at least as many");
+    const Py_buffer *src = &v[0];
+    Py_ssize_t channels = src->ndim == (inverse ? 3 : 2) ? src->shape[0] : 0, n = 0;
+    if (!inverse) {
+        n = channels > 0 ? src->len / 4 / channels : 0;
+        if (levels < 0 || levels > 20 || channels < 1 || n < 1 || n % ((Py_ssize_t)1 << levels) != 0) {
+            PyErr_SetString(PyExc_ValueError, "x must be [C, n] with n a positive multiple of 2**levels");
+            goto done;
+        }
     } else {
-        Py_BEGIN_ALLOW_THREADS
-        tree((const float *)x.buf, (float *)out.buf, (float *)work.buf, channels, n, levels, coef);
-        Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
+        if (levels < 0 || levels > 20 || channels < 1 || src->shape[1] != ((Py_ssize_t)1 << levels) || src->shape[2] < 1) {
+            PyErr_SetString(PyExc_ValueError, "bands must be [C, 2**levels, m] with m >= 1");
+            goto done;
+        }
+        n = src->shape[1] * src->shape[2];
     }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&work);
+    if (v[1].len != src->len || v[2].len < src->len) {
+        PyErr_SetString(PyExc_ValueError, "out must hold C * n values and work at least as many");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (inverse)
+        untree((const float *)src->buf, (float *)v[1].buf, (float *)v[2].buf, channels, n, levels, coef);
+    else
+        tree((const float *)src->buf, (float *)v[1].buf, (float *)v[2].buf, channels, n, levels, coef);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release_buffers(v, 3);
     return result;
 }
 
-static PyObject *packet_untree(PyObject *self, PyObject *args) {
-    PyObject *co, *oo, *wo;
-    int levels;
-    float coef[4];
+static PyObject *packet_tree(PyObject *self, PyObject *args) {
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOiffff", &co, &oo, &wo, &levels, &coef[0], &coef[1], &coef[2], &coef[3]))
-        return NULL;
-    Py_buffer c, out, work;
-    if (float_buffer(co, &c, 0, "bands") < 0) return NULL;
-    if (float_buffer(oo, &out, 1, "out") < 0) {
-        PyBuffer_Release(&c);
-        return NULL;
-    }
-    if (float_buffer(wo, &work, 1, "work") < 0) {
-        PyBuffer_Release(&c);
-        PyBuffer_Release(&out);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    Py_ssize_t channels = c.ndim == 3 ? c.shape[0] : 0;
-    if (levels < 0 || levels > 20 || channels < 1 || c.shape[1] != ((Py_ssize_t)1 << levels) || c.shape[2] < 1) {
-        PyErr_SetString(PyExc_ValueError, "bands must be [C, 2**levels, m] with m >= 1");
-    } else if (out.len != c.len || work.len < c.len) {
-        PyErr_SetString(PyExc_ValueError, "out must hold C * n values and work at least as many");
-    } else {
-        Py_ssize_t n = c.shape[1] * c.shape[2];
-        Py_BEGIN_ALLOW_THREADS
-        untree((const float *)c.buf, (float *)out.buf, (float *)work.buf, channels, n, levels, coef);
-        Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
-    }
-    PyBuffer_Release(&c);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&work);
-    return result;
+    return tree_call(args, 0);
+}
+
+static PyObject *packet_untree(PyObject *self, PyObject *args) {
+    (void)self;
+    return tree_call(args, 1);
+}
+
+/* The activity of channel c (entropy._activity): magnitudes a1, a2, a3 of the frames one, two and
+ * three back ([L] each), neighbour rows nb [4, L] = c-2, c-1, c+1, c+2. */
+static inline int64_t activity(const int64_t *a1, const int64_t *a2, const int64_t *a3, const int64_t *nb,
+                               Py_ssize_t L, Py_ssize_t c) {
+    return 4 * a1[c] + 2 * a2[c] + a3[c] + 2 * (a1[nb[L + c]] + a1[nb[2 * L + c]]) + a1[nb[c]] + a1[nb[3 * L + c]];
+}
+
+/* Every index the context kernels follow stays inside its array. */
+static int valid_context(const int64_t *rows, Py_ssize_t La, const int64_t *nb, Py_ssize_t L, const int64_t *lut,
+                         Py_ssize_t cap, Py_ssize_t B) {
+    for (Py_ssize_t i = 0; i < La; i++)
+        if (rows[i] < 0 || rows[i] >= L) return 0;
+    for (Py_ssize_t i = 0; i < 4 * L; i++)
+        if (nb[i] < 0 || nb[i] >= L) return 0;
+    for (Py_ssize_t i = 0; i <= cap; i++)
+        if (lut[i] < 0 || lut[i] >= B) return 0;
+    return 1;
 }
 
 /* context_scales(symbols, rows, neighbours, lut, table, out): the Laplace scale of every coded
@@ -205,20 +222,6 @@ static PyObject *packet_untree(PyObject *self, PyObject *args) {
  *   table       float64 [La, B]     scale of each coded channel by bucket (bucket 0: the first frame)
  *   out         float64 [F, La]     written
  */
-static int typed_buffer(PyObject *obj, Py_buffer *view, int writable, const char *fmt, Py_ssize_t itemsize,
-                        const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    int ok = view->itemsize == itemsize && view->format != NULL &&
-             (strcmp(view->format, fmt) == 0 || (fmt[0] == 'q' && strcmp(view->format, "l") == 0 && itemsize == sizeof(long)));
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous buffer of format %s", name, fmt);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *context_scales(PyObject *self, PyObject *args) {
     PyObject *o[6];
     (void)self;
@@ -227,51 +230,43 @@ static PyObject *context_scales(PyObject *self, PyObject *args) {
     static const Py_ssize_t size[6] = {4, 8, 8, 8, 8, 8};
     static const char *name[6] = {"symbols", "rows", "neighbours", "lut", "table", "out"};
     Py_buffer v[6];
-    int got = 0;
-    for (; got < 6; got++)
-        if (typed_buffer(o[got], &v[got], got == 5, fmt[got], size[got], name[got]) < 0) break;
+    if (get_buffers(o, v, 6, fmt, size, name, 1u << 5) < 0) return NULL;
     PyObject *result = NULL;
-    if (got == 6) {
-        Py_ssize_t L = v[0].ndim == 2 ? v[0].shape[0] : 0, F = v[0].ndim == 2 ? v[0].shape[1] : 0;
-        Py_ssize_t La = v[1].len / 8, cap = v[3].len / 8 - 1, B = La ? v[4].len / 8 / La : 0;
-        const int32_t *q = (const int32_t *)v[0].buf;
-        const int64_t *rows = (const int64_t *)v[1].buf, *nb = (const int64_t *)v[2].buf, *lut = (const int64_t *)v[3].buf;
-        const double *table = (const double *)v[4].buf;
-        double *out = (double *)v[5].buf;
-        int ok = L >= 1 && F >= 1 && cap >= 0 && v[2].len == 4 * 8 * L && v[5].len == 8 * F * La &&
-                 (La == 0 || (B >= 1 && v[4].len == 8 * La * B));
-        for (Py_ssize_t i = 0; ok && i < La; i++) ok = rows[i] >= 0 && rows[i] < L;
-        for (Py_ssize_t i = 0; ok && i < 4 * L; i++) ok = nb[i] >= 0 && nb[i] < L;
-        for (Py_ssize_t i = 0; ok && i <= cap; i++) ok = lut[i] >= 0 && lut[i] < B;
-        if (!ok) {
-            PyErr_SetString(PyExc_ValueError, "context_scales: inconsistent shapes or indices");
-        } else {
-            int64_t *mag = PyMem_RawMalloc(sizeof(int64_t) * (size_t)(L * F)); /* |q| frame-major [F, L] */
-            if (mag == NULL) {
-                for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-                return PyErr_NoMemory();
-            }
-            Py_BEGIN_ALLOW_THREADS
-            for (Py_ssize_t c = 0; c < L; c++)
-                for (Py_ssize_t t = 0; t < F; t++) mag[t * L + c] = llabs((long long)q[c * F + t]);
-            for (Py_ssize_t i = 0; i < La; i++) out[i] = table[i * B];
-            for (Py_ssize_t t = 1; t < F; t++) {
-                const int64_t *a1 = mag + (t - 1) * L, *a2 = mag + (t >= 2 ? t - 2 : 0) * L,
-                              *a3 = mag + (t >= 3 ? t - 3 : 0) * L;
-                for (Py_ssize_t i = 0; i < La; i++) {
-                    Py_ssize_t c = rows[i];
-                    int64_t f = 4 * a1[c] + 2 * a2[c] + a3[c] + 2 * (a1[nb[L + c]] + a1[nb[2 * L + c]]) + a1[nb[c]] +
-                                a1[nb[3 * L + c]];
-                    out[t * La + i] = table[i * B + lut[f < cap ? f : cap]];
-                }
-            }
-            Py_END_ALLOW_THREADS
-            PyMem_RawFree(mag);
-            result = Py_None;
-            Py_INCREF(result);
+    Py_ssize_t L = v[0].ndim == 2 ? v[0].shape[0] : 0, F = v[0].ndim == 2 ? v[0].shape[1] : 0;
+    Py_ssize_t La = v[1].len / 8, cap = v[3].len / 8 - 1, B = La ? v[4].len / 8 / La : 0;
+    const int32_t *q = (const int32_t *)v[0].buf;
+    const int64_t *rows = (const int64_t *)v[1].buf, *nb = (const int64_t *)v[2].buf, *lut = (const int64_t *)v[3].buf;
+    const double *table = (const double *)v[4].buf;
+    double *out = (double *)v[5].buf;
+    int ok = L >= 1 && F >= 1 && cap >= 0 && v[2].len == 4 * 8 * L && v[5].len == 8 * F * La &&
+             (La == 0 || (B >= 1 && v[4].len == 8 * La * B));
+    if (!ok || !valid_context(rows, La, nb, L, lut, cap, B)) {
+        PyErr_SetString(PyExc_ValueError, "context_scales: inconsistent shapes or indices");
+        goto done;
+    }
+    int64_t *mag = PyMem_RawMalloc(sizeof(int64_t) * (size_t)(L * F)); /* |q| frame-major [F, L] */
+    if (mag == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t c = 0; c < L; c++)
+        for (Py_ssize_t t = 0; t < F; t++) mag[t * L + c] = llabs((long long)q[c * F + t]);
+    for (Py_ssize_t i = 0; i < La; i++) out[i] = table[i * B];
+    for (Py_ssize_t t = 1; t < F; t++) {
+        const int64_t *a1 = mag + (t - 1) * L, *a2 = mag + (t >= 2 ? t - 2 : 0) * L,
+                      *a3 = mag + (t >= 3 ? t - 3 : 0) * L;
+        for (Py_ssize_t i = 0; i < La; i++) {
+            int64_t f = activity(a1, a2, a3, nb, L, rows[i]);
+            out[t * La + i] = table[i * B + lut[f < cap ? f : cap]];
         }
     }
-    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(mag);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release_buffers(v, 6);
     return result;
 }
 
@@ -288,40 +283,32 @@ static PyObject *decoder_step(PyObject *self, PyObject *args) {
     static const Py_ssize_t size[7] = {4, 8, 8, 8, 8, 8, 8};
     static const char *name[7] = {"qt", "mags", "rows", "neighbours", "lut", "table", "out"};
     Py_buffer v[7];
-    int got = 0;
-    for (; got < 7; got++)
-        if (typed_buffer(o[got], &v[got], got == 1 || got == 6, fmt[got], size[got], name[got]) < 0) break;
+    if (get_buffers(o, v, 7, fmt, size, name, (1u << 1) | (1u << 6)) < 0) return NULL;
     PyObject *result = NULL;
-    if (got == 7) {
-        Py_ssize_t La = v[2].len / 8, L = v[1].ndim == 2 ? v[1].shape[1] : 0, F = v[1].ndim == 2 ? v[1].shape[0] : 0;
-        Py_ssize_t cap = v[4].len / 8 - 1, B = La ? v[5].len / 8 / La : 0;
-        const int32_t *qt = (const int32_t *)v[0].buf;
-        int64_t *mags = (int64_t *)v[1].buf;
-        const int64_t *rows = (const int64_t *)v[2].buf, *nb = (const int64_t *)v[3].buf, *lut = (const int64_t *)v[4].buf;
-        const double *table = (const double *)v[5].buf;
-        double *out = (double *)v[6].buf;
-        int ok = L >= 1 && t >= 0 && t + 1 < F && cap >= 0 && v[0].len == 4 * La && v[3].len == 4 * 8 * L &&
-                 v[6].len == 8 * La && (La == 0 || (B >= 1 && v[5].len == 8 * La * B));
-        for (Py_ssize_t i = 0; ok && i < La; i++) ok = rows[i] >= 0 && rows[i] < L;
-        for (Py_ssize_t i = 0; ok && i < 4 * L; i++) ok = nb[i] >= 0 && nb[i] < L;
-        for (Py_ssize_t i = 0; ok && i <= cap; i++) ok = lut[i] >= 0 && lut[i] < B;
-        if (!ok) {
-            PyErr_SetString(PyExc_ValueError, "decoder_step: inconsistent shapes or indices");
-        } else {
-            int64_t *a1 = mags + t * L;
-            const int64_t *a2 = mags + (t >= 1 ? t - 1 : 0) * L, *a3 = mags + (t >= 2 ? t - 2 : 0) * L;
-            for (Py_ssize_t i = 0; i < La; i++) a1[rows[i]] = llabs((long long)qt[i]);
-            for (Py_ssize_t i = 0; i < La; i++) {
-                Py_ssize_t c = rows[i];
-                int64_t f = 4 * a1[c] + 2 * a2[c] + a3[c] + 2 * (a1[nb[L + c]] + a1[nb[2 * L + c]]) + a1[nb[c]] +
-                            a1[nb[3 * L + c]];
-                out[i] = table[i * B + lut[f < cap ? f : cap]];
-            }
-            result = Py_None;
-            Py_INCREF(result);
-        }
+    Py_ssize_t La = v[2].len / 8, L = v[1].ndim == 2 ? v[1].shape[1] : 0, F = v[1].ndim == 2 ? v[1].shape[0] : 0;
+    Py_ssize_t cap = v[4].len / 8 - 1, B = La ? v[5].len / 8 / La : 0;
+    const int32_t *qt = (const int32_t *)v[0].buf;
+    int64_t *mags = (int64_t *)v[1].buf;
+    const int64_t *rows = (const int64_t *)v[2].buf, *nb = (const int64_t *)v[3].buf, *lut = (const int64_t *)v[4].buf;
+    const double *table = (const double *)v[5].buf;
+    double *out = (double *)v[6].buf;
+    int ok = L >= 1 && t >= 0 && t + 1 < F && cap >= 0 && v[0].len == 4 * La && v[3].len == 4 * 8 * L &&
+             v[6].len == 8 * La && (La == 0 || (B >= 1 && v[5].len == 8 * La * B));
+    if (!ok || !valid_context(rows, La, nb, L, lut, cap, B)) {
+        PyErr_SetString(PyExc_ValueError, "decoder_step: inconsistent shapes or indices");
+        goto done;
     }
-    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    int64_t *a1 = mags + t * L;
+    const int64_t *a2 = mags + (t >= 1 ? t - 1 : 0) * L, *a3 = mags + (t >= 2 ? t - 2 : 0) * L;
+    for (Py_ssize_t i = 0; i < La; i++) a1[rows[i]] = llabs((long long)qt[i]);
+    for (Py_ssize_t i = 0; i < La; i++) {
+        int64_t f = activity(a1, a2, a3, nb, L, rows[i]);
+        out[i] = table[i * B + lut[f < cap ? f : cap]];
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release_buffers(v, 7);
     return result;
 }
 

@@ -45,6 +45,8 @@ GAMMA = 0.882911075530934
 DELTA = 0.443506852043971
 ZETA = 1.149604398860241
 LOW_SCALE, HIGH_SCALE = ZETA, -1.0 / ZETA  # s and d of one level against PyWavelets' bior4.4
+# The four step constants as float32 values (what the NumPy steps use), for the C kernels.
+_STEPS_F32 = tuple(float(v) for v in np.array([ALPHA, BETA, GAMMA, DELTA], dtype=np.float32))
 
 
 def band_scales(levels: int) -> np.ndarray:
@@ -92,8 +94,7 @@ def packet_lifting(x: np.ndarray, levels: int, native: bool | None = None) -> np
     if native and dtype == np.float32 and n > 0:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty((c, 1 << levels, n >> levels), dtype=np.float32)
-        _native.kernels.packet_tree(x, out, np.empty_like(x), levels, *(float(v) for v in
-                                                                 np.array([ALPHA, BETA, GAMMA, DELTA], np.float32)))
+        _native.kernels.packet_tree(x, out, np.empty_like(x), levels, *_STEPS_F32)
         return out
     a, b, g, e = np.array([ALPHA, BETA, GAMMA, DELTA], dtype=dtype)
     cur = x.astype(dtype, copy=False).reshape(c, 1, n)
@@ -130,8 +131,7 @@ def packet_unlifting(coef: np.ndarray, native: bool | None = None) -> np.ndarray
     if native and dtype == np.float32:
         coef = np.ascontiguousarray(coef, dtype=np.float32)
         out = np.empty((c, p * m), dtype=np.float32)
-        _native.kernels.packet_untree(coef, out, np.empty_like(out), levels, *(float(v) for v in
-                                                                      np.array([ALPHA, BETA, GAMMA, DELTA], np.float32)))
+        _native.kernels.packet_untree(coef, out, np.empty_like(out), levels, *_STEPS_F32)
         return out
     a, b, g, e = np.array([ALPHA, BETA, GAMMA, DELTA], dtype=dtype)
     cur = coef.astype(dtype, copy=True)

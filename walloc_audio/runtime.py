@@ -89,7 +89,7 @@ class FrameFIR:
 
 
 class LiftingSynthesis:
-    """The packet synthesis of :class:`FrameFIR` over ``wpt_synthesis`` taps, by inverse lifting.
+    """The packet synthesis of :class:`FrameFIR` over ``packet_filters(J).synthesis`` taps, by inverse lifting.
 
     ``process(frames [K, C, P])`` (frequency-ordered, PyWavelets-scaled coefficients, as the
     FIR takes them) returns the same PCM ``[C, K * N]`` up to float32 rounding, at the same
@@ -276,7 +276,6 @@ class RuntimeCodec:
         self.step_scale = step_scale
         self.quantizer = Quantizer(np.exp(log_step.astype(np.float64)).astype(F32), c.latent_bits, c.compand_knee)
         self.linear_decoder = c.decoder_depth == 0
-        self.wpt_synthesis = np.ascontiguousarray(f.synthesis, dtype=F32)  # [M, P, N]
         if self.linear_decoder:
             dec = np.asarray(weights["decoder.linear"], dtype=np.float64).reshape(c.channels, p, -1)  # [C, P, L]
             ms = f.synthesis.shape[0]
