@@ -118,23 +118,35 @@ def context_probe(coder, train: list[np.ndarray], val: list[np.ndarray], frame_s
               f"+ previous two {two:.3f} ({two / cell:.3f}x)", flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every probe of this folder takes: the data, the model, the seconds of each clip."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="folder with train.txt and val.txt")
     ap.add_argument("--model", default="stereo-5x-linear")
+    ap.add_argument("--train-seconds", type=float, default=15.0)
+    ap.add_argument("--val-seconds", type=float, default=30.0)
+    return ap
+
+
+def probe_latents(args: argparse.Namespace):
+    """``model, frame seconds, training latents, validation latents`` (one torch thread)."""
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    train = latents(model, read_list(args.data / "train.txt"), args.train_seconds)
+    val = latents(model, read_list(args.data / "val.txt"), args.val_seconds)
+    print(f"{args.model}: {len(train)} training clips of {args.train_seconds:g} s, {len(val)} validation clips "
+          f"of {args.val_seconds:g} s", flush=True)
+    return model, model.config.frame / model.config.sample_rate, train, val
+
+
+def main() -> None:
+    ap = probe_arguments(__doc__)
     ap.add_argument("--deadzones", default="0,0.1,0.2,0.3")
     ap.add_argument("--releases", default="0.5,0", help="level tracker releases in dB/s (shipped: 2)")
     ap.add_argument("--contexts", default="", help="qualities for the context probe, e.g. 3,5 (default: none)")
-    ap.add_argument("--train-seconds", type=float, default=15.0)
-    ap.add_argument("--val-seconds", type=float, default=30.0)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    model = load_model(args.model)
-    ad, cfg = model.adaptive, model.config
-    fs = cfg.frame / cfg.sample_rate
-    train = latents(model, read_list(args.data / "train.txt"), args.train_seconds)
-    val = latents(model, read_list(args.data / "val.txt"), args.val_seconds)
-    print(f"{args.model}: {len(train)} training clips, {len(val)} validation clips of {args.val_seconds:g} s")
+    model, fs, train, val = probe_latents(args)
+    ad = model.adaptive
     if args.contexts:
         context_probe(ad, train, val, fs, [float(v) for v in args.contexts.split(",")])
     if not args.deadzones.strip() and not args.releases.strip():

@@ -61,14 +61,19 @@ def packet_symbols(y: np.ndarray, exponents: np.ndarray, frames: int, bands: int
     v = compand(u, knee)
     q = np.clip(round_symbols(v, deadzone), -max_symbol, max_symbol).astype(np.int32)
     s = band_scales(q, band_edges(L, bands))  # [bands, P]
-    # context features inside each packet (entropy.context_features, vectorised over packets)
+    return q, v, s.T, context_buckets(q)
+
+
+def context_buckets(q: np.ndarray) -> np.ndarray:
+    """The context bucket of every symbol of packets ``q`` ``[L, P, F]`` (bucket 0: a packet's first frame).
+
+    :func:`walloc_audio.entropy.context_features` vectorised over packets.
+    """
     a = np.abs(q).astype(np.int64)
-    f = np.full((L, p, frames), -1, dtype=np.int64)
-    for t in range(1, frames):
+    f = np.full(a.shape, -1, dtype=np.int64)
+    for t in range(1, a.shape[2]):
         f[:, :, t] = _activity(a[:, :, t - 1], a[:, :, max(t - 2, 0)], a[:, :, max(t - 3, 0)])
-    thresholds = context_thresholds(CONTEXT_BUCKETS)
-    b = np.where(f < 0, 0, np.searchsorted(thresholds, f, side="right") + 1)
-    return q, v, s.T, b
+    return np.where(f < 0, 0, np.searchsorted(context_thresholds(CONTEXT_BUCKETS), f, side="right") + 1)
 
 
 class Accumulator:
