@@ -72,6 +72,39 @@ def codec_oracle(front, track) -> dict:
     return {s: y[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
 
 
+def ideal_ratio_masks(stems: np.ndarray, mixture: np.ndarray) -> np.ndarray:
+    """The latent-domain ideal ratio mask applied to a mixture: ``[S, L, K], [L, K] -> [S, L, K]``.
+
+    Stem ``i`` gets ``mixture * stems[i]**2 / sum_j stems[j]**2`` per latent
+    coefficient (a quarter each where every stem is zero), so the estimates add
+    up to the mixture exactly. With the true stems' latents it is the best a
+    masker whose masks lie in ``[0, 1]`` and sum to one can do on that mixture
+    (a signed, unbounded mask -- the shipped masker's -- can in principle go
+    further): the masker's own ceiling, beside the codec's.
+    """
+    power = np.square(stems, dtype=np.float64)
+    total = power.sum(axis=0)
+    masks = np.where(total > 0, power / np.where(total > 0, total, 1.0), 1.0 / stems.shape[0])
+    return (masks * mixture[None]).astype(stems.dtype)
+
+
+def packet_ratio_masks(front, stems: np.ndarray, mixture: np.ndarray, length: int) -> np.ndarray:
+    """The ideal ratio mask on the wavelet packets instead of the latents: audio ``[S, C, length]``.
+
+    The coded latents of the stems and of the mixture go through the codec's
+    decoder to its ``C * 2**J`` packet coefficients per frame (before the
+    encoder's dimension reduction mixes them), are masked there as in
+    :func:`ideal_ratio_masks`, and are synthesised. What a masker with masks in
+    ``[0, 1]`` on the packets could reach from the same coded files.
+    """
+    codec = front.model.codec
+    with torch.no_grad():
+        coef = codec.decoder(torch.from_numpy(np.concatenate([stems, mixture[None]]).astype(np.float32))).numpy()
+        y = codec.synthesize_packets(torch.from_numpy(ideal_ratio_masks(coef[:-1], coef[-1])))
+    d = front.model.config.delay_samples
+    return y[..., d : d + length].numpy()
+
+
 def score_track(track, separate: Separate, win_seconds: float = 1.0) -> dict:
     """museval (BSS-eval v4, 1 s windows) of one track separated by ``separate``; see :func:`score_estimates`."""
     return score_estimates(track, separate(track.audio), win_seconds)

@@ -120,7 +120,20 @@ def load_separator(name: str = DEFAULT_SEPARATOR) -> Separator:
     return Separator(path.stem, path, net, codec, {**meta, "extra": json.loads(meta.get("extra", "{}"))})
 
 
-class _TorchNet:
+class TorchMasker:
+    """A torch latent separator as the numpy callable :class:`ChunkedMasker` runs: ``[L, n] -> [S, L, n]``."""
+
+    def __init__(self, module):
+        self.module = module.eval()
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(z, np.float32))[None])[0].numpy()
+
+
+class _TorchNet(TorchMasker):
     """A separator the numpy path does not run (e.g. DPRNN), through :class:`separation.models.LatentSeparator`."""
 
     def __init__(self, config: dict, state: dict):
@@ -129,16 +142,10 @@ class _TorchNet:
         from .models import LatentSeparator
 
         kw = {k: v for k, v in config.items() if k not in ("latent_dim", "n_src")}
-        self.module = LatentSeparator(config["latent_dim"], config["n_src"], **kw)
-        self.module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-        self.module.eval()
+        module = LatentSeparator(config["latent_dim"], config["n_src"], **kw)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        super().__init__(module)
         self.config = config
-
-    def __call__(self, z: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(np.ascontiguousarray(z, np.float32))[None])[0].numpy()
 
 
 # ----------------------------------------------------------------------- inference

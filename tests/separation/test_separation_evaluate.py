@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from helpers import RATE, stem_signals
-from separation.evaluate import STEMS, aggregate, codec_oracle, score_estimates
+from separation.evaluate import (STEMS, aggregate, codec_oracle, ideal_ratio_masks, packet_ratio_masks,
+                                 score_estimates)
 from separation.models import WallocFrontEnd
 from walloc_audio.pretrained import load_model
 
@@ -76,3 +77,40 @@ def test_a_stem_without_a_scorable_window_is_counted_not_a_nan():
     for s in STEMS:
         assert agg[s]["tracks"] == 1 and agg[s]["excluded_unscorable"] == 1 and math.isfinite(agg[s]["SDR"])
     assert math.isfinite(agg["avg"]["SDR"])
+
+
+def test_ideal_ratio_masks_split_the_mixture_by_stem_power():
+    rng = np.random.default_rng(3)
+    stems = rng.standard_normal((4, 6, 50)).astype(np.float32)
+    stems[:, :, :10] = 0.0  # every stem silent: a quarter each
+    stems[1:, :, 10:20] = 0.0  # only the first stem sounds: all of the mixture is its
+    mixture = stems.sum(axis=0) + 0.01 * rng.standard_normal((6, 50)).astype(np.float32)  # coded apart: not the sum
+    est = ideal_ratio_masks(stems, mixture)
+    assert est.shape == stems.shape and est.dtype == np.float32
+    np.testing.assert_allclose(est.sum(axis=0), mixture, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(est[:, :, :10], np.broadcast_to(mixture[:, :10] / 4, (4, 6, 10)), rtol=1e-6)
+    np.testing.assert_allclose(est[0, :, 10:20], mixture[:, 10:20], rtol=1e-6)
+    assert not est[1:, :, 10:20].any()
+    # the louder stem of a coefficient gets the larger share
+    loud = np.abs(stems[0, :, 20:]) > np.abs(stems[1, :, 20:])
+    assert (np.abs(est[0, :, 20:])[loud] >= np.abs(est[1, :, 20:])[loud]).all()
+
+
+def test_packet_ratio_masks_split_the_decoded_mixture():
+    front = WallocFrontEnd(load_model("stereo-5x-linear"))
+    x = fake_track(seconds=1.0)
+    mix = torch.from_numpy(np.ascontiguousarray(x.audio.T, dtype=np.float32))[None]
+    stems = torch.stack([front.encode(torch.from_numpy(np.ascontiguousarray(x.targets[s].audio.T,
+                                                                           dtype=np.float32))[None])[0] for s in STEMS])
+    z, m = stems.numpy(), front.encode(mix)[0].numpy()
+    n = x.audio.shape[0]
+    est = packet_ratio_masks(front, z, m, n)
+    assert est.shape == (4, 2, n)
+    decoded_mix = front.decode(torch.from_numpy(m)[None, None], n)[0, 0].numpy()
+    np.testing.assert_allclose(est.sum(axis=0), decoded_mix, atol=1e-4)  # the masks sum to one, synthesis is linear
+    # one stem alone in the mixture gets all of it
+    lone = np.zeros_like(z)
+    lone[2] = z[2]
+    est = packet_ratio_masks(front, lone, z[2], n)
+    np.testing.assert_allclose(est[2], front.decode(torch.from_numpy(z[2])[None, None], n)[0, 0].numpy(), atol=1e-5)
+    assert np.abs(est[[0, 1, 3]]).max() < 1e-6

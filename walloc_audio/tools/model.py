@@ -82,17 +82,21 @@ class WallocCodec(nn.Module):
 
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:
         """Dequantized latents ``[B, L, K]`` -> audio ``[B, C, K*N]`` (fresh state)."""
-        if self.decoder.net is None:
-            taps = self.synthesis_taps()
-            frames = z.permute(2, 0, 1)
-        else:
-            taps = self._syn
-            coef = self.decoder(z)  # [B, C*P, K]
-            b, _, k = coef.shape
-            frames = coef.reshape(b * self.config.channels, self.config.frame, k).permute(2, 0, 1)
+        if self.decoder.net is not None:
+            return self.synthesize_packets(self.decoder(z))
+        return self._synthesize_frames(z.permute(2, 0, 1), self.synthesis_taps(), z.shape[0])
+
+    def synthesize_packets(self, coef: torch.Tensor) -> torch.Tensor:
+        """Wavelet packet coefficients ``[B, C*P, K]`` (the decoder's output) -> audio ``[B, C, K*N]`` (fresh state)."""
+        b, _, k = coef.shape
+        return self._synthesize_frames(coef.reshape(b * self.config.channels, self.config.frame, k).permute(2, 0, 1),
+                                       self._syn, b)
+
+    def _synthesize_frames(self, frames: torch.Tensor, taps: torch.Tensor, batch: int) -> torch.Tensor:
+        """Frames ``[K, B', D]`` through synthesis taps (zero history) -> audio ``[batch, C, K*N]``."""
         hist = frames.new_zeros(taps.shape[0] - 1, *frames.shape[1:])
         out = fir_frames(torch.cat([hist, frames.to(taps.dtype)]), taps)  # [K, B', C*N or N]
-        pcm = signal_from_frames(out, out.shape[2] // self.config.frame).reshape(z.shape[0], self.config.channels, -1)
+        pcm = signal_from_frames(out, out.shape[2] // self.config.frame).reshape(batch, self.config.channels, -1)
         return self.apply_post_filter(pcm)
 
     def apply_post_filter(self, pcm: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:

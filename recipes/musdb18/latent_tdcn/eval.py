@@ -6,8 +6,10 @@ Writes exp/TAG/MODEL/scores.json (per track and aggregated, MUSDB convention).
 Models: the trained ``latent`` / ``latent-float`` (on the test mixtures' .wlc latents: what a
 receiver has), ``umx`` and ``waveform`` (on PCM mixtures), and two that need no training:
 ``oracle``, every true stem through the codec alone (decoded from its .wlc: the ceiling the
-codec puts on any latent-domain separator), and ``floor``, every stem estimated as a quarter
-of the mixture (what doing nothing scores).
+codec puts on any latent-domain separator), ``irm``, the ideal ratio mask of the coded stems'
+latents applied to the coded mixture's (the masker's own ceiling: the best masks in [0, 1]),
+``irm-packets``, the same mask on the wavelet packets the decoder makes of those latents,
+and ``floor``, every stem estimated as a quarter of the mixture (what doing nothing scores).
 ``--jobs N`` scores N tracks at a time in worker processes (one torch thread each);
 museval dominates the time (~40 s per minute of audio on one core).
 """
@@ -27,15 +29,16 @@ import yaml
 from safetensors.torch import load_file
 
 from separation.data import STEMS, open_musdb
-from separation.evaluate import DISCLAIMER, aggregate, score_estimates, score_track, waveform_separate
+from separation.evaluate import (DISCLAIMER, aggregate, ideal_ratio_masks, packet_ratio_masks, score_estimates,
+                                 score_track, waveform_separate)
 from separation.models import WallocFrontEnd
 from separation.runs import network_and_loss
-from separation.separator import ChunkedMasker
+from separation.separator import ChunkedMasker, TorchMasker
 from separation.shards import iter_tracks, open_sources
 from separation.train import make_network
 from walloc_audio.pretrained import load_model
 
-MODELS = ("latent", "latent-float", "umx", "waveform", "oracle", "floor")
+MODELS = ("latent", "latent-float", "umx", "waveform", "oracle", "irm", "irm-packets", "floor")
 _state: dict = {}
 
 
@@ -78,25 +81,27 @@ def setup(conf: dict, exp: Path, kind: str, threads: int | None = None) -> None:
     # Latent models and the codec's ceiling read the test set's .wlc files: latents, never PCM.
     codec = load_model(conf["codec"]["model"])
     front = WallocFrontEnd(codec)
-    rows = STEMS if kind == "oracle" else ("mixture",)
+    rows = {"oracle": STEMS, "irm": STEMS + ("mixture",), "irm-packets": STEMS + ("mixture",)}.get(kind, ("mixture",))
     coded = {t.name: t for t in iter_tracks(open_sources(exp / "wlc" / "test"), codec, rows=rows)}
     missing = [t.name for t in tracks if t.name not in coded]
     if missing:
         raise SystemExit(f"{exp / 'wlc' / 'test'}: no decodable .wlc for {missing} (rerun stage 1)")
-    if kind == "oracle":
+    if kind in ("oracle", "irm", "irm-packets"):
         def estimate(track) -> dict:
-            z = torch.from_numpy(np.stack([coded[track.name].latents[s] for s in STEMS]))[None]
-            y = front.decode(z, coded[track.name].samples)[0]
+            c = coded[track.name]
+            z = np.stack([c.latents[s] for s in STEMS])
+            if kind == "irm-packets":
+                y = packet_ratio_masks(front, z, c.latents["mixture"], c.samples)
+                return {s: y[i].T.astype(np.float64) for i, s in enumerate(STEMS)}
+            if kind == "irm":
+                z = ideal_ratio_masks(z, c.latents["mixture"])
+            y = front.decode(torch.from_numpy(z)[None], c.samples)[0]
             return {s: y[i].T.numpy().astype(np.float64) for i, s in enumerate(STEMS)}
         _state["estimate"] = estimate
         return
     net = make_network("latent", conf, codec)
     net.load_state_dict(_weights(exp, kind))
-    net.eval()
-
-    def run(x: np.ndarray) -> np.ndarray:  # the chunked masker feeds numpy latents [L, n]
-        with torch.inference_mode():
-            return net(torch.from_numpy(x)[None])[0].numpy()
+    run = TorchMasker(net)
 
     def estimate(track) -> dict:
         z = coded[track.name].latents["mixture"]

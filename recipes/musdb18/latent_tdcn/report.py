@@ -80,7 +80,9 @@ def main() -> None:
             curves[m] = json.loads((args.exp / m / "curve.json").read_text())
     if not rows:
         raise SystemExit(f"no scored models under {args.exp}: run stages 2 and 3 first")
-    for name, folder in (("codec ceiling", "oracle"), ("floor: a quarter of the mixture", "floor")):
+    for name, folder in (("codec ceiling", "oracle"), ("ideal ratio mask (latents)", "irm"),
+                         ("ideal ratio mask (wavelet packets)", "irm-packets"),
+                         ("floor: a quarter of the mixture", "floor")):
         if (args.exp / folder / "scores.json").exists():  # no training
             rows[name] = {**json.loads((args.exp / folder / "scores.json").read_text()), "train": None}
     lines = [f"# Separation results ({args.exp.name})", "",
