@@ -100,9 +100,7 @@ def packet_ratio_masks(front, stems: np.ndarray, mixture: np.ndarray, length: in
     codec = front.model.codec
     with torch.no_grad():
         coef = codec.decoder(torch.from_numpy(np.concatenate([stems, mixture[None]]).astype(np.float32))).numpy()
-        y = codec.synthesize_packets(torch.from_numpy(ideal_ratio_masks(coef[:-1], coef[-1])))
-    d = front.model.config.delay_samples
-    return y[..., d : d + length].numpy()
+        return front.decode_packets(torch.from_numpy(ideal_ratio_masks(coef[:-1], coef[-1])), length).numpy()
 
 
 def score_track(track, separate: Separate, win_seconds: float = 1.0) -> dict:

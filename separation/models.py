@@ -129,9 +129,17 @@ class WallocFrontEnd(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, length: int) -> torch.Tensor:
         b, s, l, k = z.shape
-        y = self.model.codec.synthesize(z.reshape(b * s, l, k))  # [B*S, C, K*N]
+        y = self._aligned(self.model.codec.synthesize(z.reshape(b * s, l, k)), length)  # [B*S, C, length]
+        return y.reshape(b, s, y.shape[1], length)
+
+    @torch.no_grad()
+    def decode_packets(self, coef: torch.Tensor, length: int) -> torch.Tensor:
+        """Wavelet packet coefficients ``[B, C*P, K]`` (the decoder's output) -> audio ``[B, C, length]``, aligned."""
+        return self._aligned(self.model.codec.synthesize_packets(coef), length)
+
+    def _aligned(self, y: torch.Tensor, length: int) -> torch.Tensor:
         d = self.model.config.delay_samples
-        return y[..., d : d + length].reshape(b, s, y.shape[1], length)
+        return y[..., d : d + length]
 
 
 def waveform_baseline(n_src: int = 4, sample_rate: int = 44100, **kw) -> nn.Module:

@@ -35,9 +35,10 @@ import numpy as np
 from scipy.fft import dct
 
 from quantizer_probe import ALPHABET, cross_entropy, probe_arguments, probe_latents, ratio
-from walloc_audio.adaptive import CONTEXT_BUCKETS, band_edges, band_scales, bands_for, compand, expand, step_for
+from walloc_audio.adaptive import CONTEXT_BUCKETS, band_edges, band_scales, bands_for, expand
 from walloc_audio.ratecontrol import LevelTracker
-from walloc_audio.tools.training.fit_adaptive import context_buckets, fit_adaptive, ideal_bits, packet_exponents
+from walloc_audio.tools.training.fit_adaptive import (companded_packets, context_buckets, fit_adaptive, ideal_bits,
+                                                     packet_exponents)
 
 FRAMES = 64
 QUALITIES = (2, 3, 4, 5, 6, 7, 8)
@@ -80,9 +81,8 @@ def block_curve(ad, train, val, n: int, frame_seconds: float) -> np.ndarray:
 def companded(ad, y: np.ndarray, quality: float, frame_seconds: float):
     """The encoder's companded values ``v`` ``[L, P, F]`` of whole packets, and each packet's step."""
     e = packet_exponents(y, FRAMES, quality, LevelTracker(ad.reference_level, FRAMES * frame_seconds))
-    steps = np.array([step_for(ad.delta, x) for x in e], dtype=np.float32)
-    u = y[:, : e.size * FRAMES].reshape(y.shape[0], e.size, FRAMES).astype(np.float32) / steps[None, :, None]
-    return compand(u, ad.knee).astype(np.float64), steps
+    v, steps = companded_packets(y, e, FRAMES, ad.delta, ad.knee)
+    return v.astype(np.float64), steps
 
 
 def cell_rows(k: np.ndarray, grid: np.ndarray, extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,18 @@ def packet_exponents(y: np.ndarray, frames: int, quality: float, tracker: LevelT
     return out
 
 
+def packet_steps(delta: float, exponents: np.ndarray) -> np.ndarray:
+    """The encoder's own float32 step of each packet, ``[P]``."""
+    return np.array([step_for(delta, e) for e in exponents], dtype=np.float32)
+
+
+def companded_packets(y: np.ndarray, exponents: np.ndarray, frames: int, delta: float, knee: float):
+    """The encoder's companded values ``v`` ``[L, P, F]`` of the whole packets of ``y`` and their steps ``[P]``."""
+    steps = packet_steps(delta, exponents)
+    u = y[:, : exponents.size * frames].reshape(y.shape[0], exponents.size, frames).astype(np.float32)
+    return compand(u / steps[None, :, None], knee), steps
+
+
 def packet_symbols(y: np.ndarray, exponents: np.ndarray, frames: int, bands: int, delta: float, knee: float,
                    max_symbol: int, deadzone: float = 0.0):
     """Vectorised :func:`~walloc_audio.adaptive.quantize` over packets.
@@ -55,10 +67,7 @@ def packet_symbols(y: np.ndarray, exponents: np.ndarray, frames: int, bands: int
     Returns ``q, v`` ``[L, P, F]``, band scales ``[P, bands]`` and context buckets ``[L, P, F]``.
     """
     L = y.shape[0]
-    p = exponents.size
-    steps = np.array([step_for(delta, e) for e in exponents], dtype=np.float32)  # the encoder's own steps
-    u = y[:, : p * frames].reshape(L, p, frames).astype(np.float32) / steps[None, :, None]
-    v = compand(u, knee)
+    v, _ = companded_packets(y, exponents, frames, delta, knee)
     q = np.clip(round_symbols(v, deadzone), -max_symbol, max_symbol).astype(np.int32)
     s = band_scales(q, band_edges(L, bands))  # [bands, P]
     return q, v, s.T, context_buckets(q)
@@ -178,7 +187,7 @@ def ideal_bits(coder: AdaptiveCoder, y: np.ndarray, frames: int, quality: float,
     bits = float(-np.log2(np.maximum(p, 1e-12)).sum())
     prev = np.concatenate([np.full((e.size, 1), S_LEVELS), s[:, :-1]], axis=1)
     bits += float(-np.log2(coder.side[prev, s]).sum()) + 8.0 * e.size
-    steps = np.array([step_for(coder.delta, x) for x in e], dtype=np.float32)
+    steps = packet_steps(coder.delta, e)
     w = q.astype(np.float32)
     off = coder.offsets[np.arange(L)[:, None, None], (np.maximum(sc, 1) - 1)[:, :, None], b]
     w = w - np.sign(w) * off
