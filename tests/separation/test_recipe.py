@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,3 +73,23 @@ def test_all_stages_on_a_tiny_set(tmp_path):
     for kind in ("latent", "umx", "waveform"):
         figures = json.loads((exp / kind / "figures.json").read_text())
         assert figures["steps"] == 5, figures
+    # --init starts a new run from trained weights: its first validation is theirs, and it says so.
+    exp2 = tmp_path / "exp" / "init"
+    exp2.mkdir()
+    (exp2 / "conf.yml").write_text((exp / "conf.yml").read_text())
+    (exp2 / "wlc").symlink_to(exp / "wlc")
+    fit = [sys.executable, str(RECIPE / "fit.py"), "--conf", str(exp2 / "conf.yml"), "--exp", str(exp2),
+           "--model", "latent", "--threads", "1"]
+    # Weights of another network are refused in one line.
+    r = subprocess.run(fit + ["--init", str(exp / "umx" / "last.safetensors")], capture_output=True, text=True,
+                       env=env, cwd=RECIPE, timeout=600)
+    assert r.returncode != 0 and "not weights of this network" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(fit + ["--init", str(exp / "latent" / "last.safetensors")], capture_output=True, text=True,
+                       env=env, cwd=RECIPE, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    source = json.loads((exp / "latent" / "curve.json").read_text())[-1]
+    first = json.loads((exp2 / "latent" / "curve.json").read_text())[0]
+    assert first["steps"] == 0 and first["val_sdr"] == pytest.approx(source["val_sdr"], abs=1e-6)
+    init = json.loads((exp2 / "latent" / "figures.json").read_text())["init"]
+    assert init == {"file": "last.safetensors",
+                    "sha256": hashlib.sha256((exp / "latent" / "last.safetensors").read_bytes()).hexdigest()}
