@@ -378,8 +378,10 @@ def models():
         for sp in seps:
             e = sp["extra"]
             test = (e.get("test") or {}).get("avg", {}).get("SDR")
-            tr = e.get("training") or {}
-            trained = (f"{tr['train_seconds'] / 60:.0f} min, {tr.get('steps', '?')} steps"
+            tr, at = e.get("training") or {}, e.get("weights_at") or {}
+            if at.get("total_train_seconds"):  # the exported weights' own training, earlier runs included
+                tr = {"train_seconds": at["total_train_seconds"], "steps": at.get("total_steps")}
+            trained = (f"{tr['train_seconds'] / 60:.0f} min, {tr.get('steps') or '?'} steps"
                        if tr.get("train_seconds") else "-")
             t.add_row(sp["name"], str(sp["codec"]), "-" if test is None else f"{test:.2f} dB", trained,
                       f"{sp['bytes'] / 1e6:.2f} MB")

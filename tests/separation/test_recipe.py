@@ -93,3 +93,30 @@ def test_all_stages_on_a_tiny_set(tmp_path):
     init = json.loads((exp2 / "latent" / "figures.json").read_text())["init"]
     assert init == {"file": "last.safetensors",
                     "sha256": hashlib.sha256((exp / "latent" / "last.safetensors").read_bytes()).hexdigest()}
+    # Exported, a continued run's separator states its weights' total training, earlier runs included.
+    def exported(run: Path) -> dict:
+        from safetensors import safe_open
+
+        out = tmp_path / f"{run.name}.safetensors"
+        r = subprocess.run([sys.executable, str(RECIPE / "export_separator.py"), "--conf", str(run / "conf.yml"),
+                            "--exp", str(run), "--out", str(out)], capture_output=True, text=True, env=env,
+                           cwd=RECIPE, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        with safe_open(str(out), "np") as f:
+            return json.loads(f.metadata()["extra"])["weights_at"]
+
+    first_at = exported(exp2)
+    assert first_at["total_steps"] == first_at["steps"]  # plain weights carry no history
+    exp3 = tmp_path / "exp" / "again"
+    exp3.mkdir()
+    (exp3 / "conf.yml").write_text((exp / "conf.yml").read_text())
+    (exp3 / "wlc").symlink_to(exp / "wlc")
+    r = subprocess.run([sys.executable, str(RECIPE / "fit.py"), "--conf", str(exp3 / "conf.yml"), "--exp", str(exp3),
+                        "--model", "latent", "--threads", "1", "--init", str(tmp_path / "init.safetensors")],
+                       capture_output=True, text=True, env=env, cwd=RECIPE, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    init = json.loads((exp3 / "latent" / "figures.json").read_text())["init"]
+    assert init["prior_steps"] == first_at["total_steps"]
+    assert init["prior_train_seconds"] == pytest.approx(first_at["total_train_seconds"])
+    again_at = exported(exp3)
+    assert again_at["total_steps"] == again_at["steps"] + first_at["total_steps"]

@@ -39,12 +39,25 @@ def main() -> None:
     scores = run / "scores.json"
     extra = {"trained_on": f".wlc latents ({args.model})", "weights": args.weights,
              "training": {k: figures.get(k) for k in ("steps", "examples", "train_seconds", "clock", "threads",
-                                                      "examples_per_second", "best_val_sdr")},
+                                                      "examples_per_second", "best_val_sdr", "init")},
+             "weights_at": _weights_at(curve, args.weights, figures.get("init") or {}),
              "val_sdr_last": curve[-1]["val_sdr"] if curve else None,
              "test": json.loads(scores.read_text())["aggregate"] if scores.exists() else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_separator(args.out, net, codec, extra)
     print(f"{args.out}: {sum(p.numel() for p in net.parameters()):,} parameters, {args.out.stat().st_size / 1e6:.2f} MB")
+
+
+def _weights_at(curve: list, which: str, init: dict) -> dict | None:
+    """Training seconds and steps of the validation the exported weights were saved at, in this run and in
+    total (with what an ``--init`` separator file had been trained for before)."""
+    rows = [r for r in curve if r.get("val_sdr") is not None]
+    if not rows:
+        return None
+    row = rows[-1] if which == "last" else max(rows, key=lambda r: r["val_sdr"])
+    return {"train_seconds": row["train_seconds"], "steps": row["steps"], "val_sdr": row["val_sdr"],
+            "total_train_seconds": row["train_seconds"] + (init.get("prior_train_seconds") or 0.0),
+            "total_steps": row["steps"] + (init.get("prior_steps") or 0)}
 
 
 if __name__ == "__main__":

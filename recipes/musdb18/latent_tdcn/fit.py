@@ -77,7 +77,27 @@ def start_from(net: torch.nn.Module, path: Path) -> dict:
         raise SystemExit(f"--init {path}: cannot read it ({exc})") from None
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
         raise SystemExit(f"--init {path}: not weights of this network ({str(exc).splitlines()[0]})") from None
-    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest()}
+    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), **prior_training(path)}
+
+
+def prior_training(path: Path) -> dict:
+    """What a shipped separator file says its weights were trained for (``prior_train_seconds``,
+    ``prior_steps``), so an export of the continued run can state the total; ``{}`` for plain weights."""
+    from safetensors import safe_open
+
+    from separation.separator import SEPARATOR_FORMAT
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != SEPARATOR_FORMAT:
+        return {}
+    extra = json.loads(meta.get("extra") or "{}")
+    at, tr = extra.get("weights_at") or {}, extra.get("training") or {}
+    if at.get("total_train_seconds") is not None:
+        return {"prior_train_seconds": at["total_train_seconds"], "prior_steps": at.get("total_steps")}
+    if tr.get("train_seconds") is not None:
+        return {"prior_train_seconds": tr["train_seconds"], "prior_steps": tr.get("steps")}
+    return {}
 
 
 def _previous_init(out: Path):
