@@ -7,6 +7,7 @@ output. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -376,16 +377,25 @@ def models():
         for col in ("name", "codec", "test SDR", "trained", "weights"):
             t.add_column(col, no_wrap=col == "name")
         for sp in seps:
-            e = sp["extra"]
-            test = (e.get("test") or {}).get("avg", {}).get("SDR")
-            tr, at = e.get("training") or {}, e.get("weights_at") or {}
-            if at.get("total_train_seconds"):  # the exported weights' own training, earlier runs included
+            e = sp["extra"] if isinstance(sp["extra"], dict) else {}
+            test = e.get("test") if isinstance(e.get("test"), dict) else {}
+            test = test.get("avg") if isinstance(test.get("avg"), dict) else {}
+            test = test.get("SDR") if _number(test.get("SDR"), positive=False) else None
+            tr, at = e.get("training"), e.get("weights_at")
+            tr, at = (tr if isinstance(tr, dict) else {}), (at if isinstance(at, dict) else {})
+            if _number(at.get("total_train_seconds")):  # the exported weights' own training, earlier runs included
                 tr = {"train_seconds": at["total_train_seconds"], "steps": at.get("total_steps")}
-            trained = (f"{tr['train_seconds'] / 60:.0f} min, {tr.get('steps') or '?'} steps"
-                       if tr.get("train_seconds") else "-")
+            steps = tr.get("steps") if _number(tr.get("steps")) else "?"
+            trained = f"{tr['train_seconds'] / 60:.0f} min, {steps} steps" if _number(tr.get("train_seconds")) else "-"
             t.add_row(sp["name"], str(sp["codec"]), "-" if test is None else f"{test:.2f} dB", trained,
                       f"{sp['bytes'] / 1e6:.2f} MB")
         _print_table(t)
+
+
+def _number(x, positive: bool = True) -> bool:
+    """A finite number (above zero unless ``positive=False``) in a file's JSON metadata."""
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return ok and (x > 0 or not positive)
 
 
 @app.command("eval")

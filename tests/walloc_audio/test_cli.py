@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -79,6 +81,23 @@ def test_real_music_round_trip_with_the_default_model(tmp_path, capsys):
 def test_models_lists_shipped_and_extra(capsys):
     code, out, _ = cli(capsys, "models")
     assert code == 0 and "stereo-5x-linear" in out and TINY in out
+    # The shipped separator's card gives its weights' whole training (a continued run's included).
+    assert re.search(r"tdcn-stereo-5x-linear.*\d+\.\d\d dB.*\d+ min, \d+ steps", out)
+
+
+def test_models_card_survives_odd_separator_metadata(tmp_path, monkeypatch, capsys):
+    from safetensors.numpy import save_file
+
+    odd = {"odd-list": "[1, 2]", "odd-types": json.dumps({"test": {"avg": {"SDR": "high"}}, "training": [],
+                                                          "weights_at": {"total_train_seconds": "long"}}),
+           "odd-nan": json.dumps({"test": {"avg": {"SDR": float("nan")}}, "training": {"train_seconds": 60}})}
+    for name, extra in odd.items():
+        save_file({"w": np.zeros(1, np.float32)}, str(tmp_path / f"{name}.safetensors"),
+                  metadata={"codec": "stereo-5x-linear", "extra": extra})
+    monkeypatch.setenv("WALLOC_AUDIO_SEPARATORS", str(tmp_path))
+    code, out, err = cli(capsys, "models")
+    assert code == 0 and "Traceback" not in err
+    assert all(name in out for name in odd) and "1 min, ? steps" in out
 
 
 def test_resampling_and_mono_are_restored(tmp_path, capsys):

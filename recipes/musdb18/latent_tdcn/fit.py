@@ -82,7 +82,8 @@ def start_from(net: torch.nn.Module, path: Path) -> dict:
 
 def prior_training(path: Path) -> dict:
     """What a shipped separator file says its weights were trained for (``prior_train_seconds``,
-    ``prior_steps``), so an export of the continued run can state the total; ``{}`` for plain weights."""
+    ``prior_steps``), so an export of the continued run can state the total; ``{}`` for plain weights.
+    Files exported before ``weights_at`` existed give their run's whole training time."""
     from safetensors import safe_open
 
     from separation.separator import SEPARATOR_FORMAT
@@ -91,8 +92,13 @@ def prior_training(path: Path) -> dict:
         meta = f.metadata() or {}
     if meta.get("format") != SEPARATOR_FORMAT:
         return {}
-    extra = json.loads(meta.get("extra") or "{}")
-    at, tr = extra.get("weights_at") or {}, extra.get("training") or {}
+    try:
+        extra = json.loads(meta.get("extra") or "{}")
+    except ValueError:
+        return {}
+    extra = extra if isinstance(extra, dict) else {}
+    at, tr = extra.get("weights_at"), extra.get("training")
+    at, tr = (at if isinstance(at, dict) else {}), (tr if isinstance(tr, dict) else {})
     if at.get("total_train_seconds") is not None:
         return {"prior_train_seconds": at["total_train_seconds"], "prior_steps": at.get("total_steps")}
     if tr.get("train_seconds") is not None:
