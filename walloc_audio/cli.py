@@ -377,7 +377,7 @@ def models():
         for col in ("name", "codec", "test SDR", "trained", "weights"):
             t.add_column(col, no_wrap=col == "name")
         for sp in seps:
-            e = sp["extra"] if isinstance(sp["extra"], dict) else {}
+            e = sp["extra"]
             test = e.get("test") if isinstance(e.get("test"), dict) else {}
             test = test.get("avg") if isinstance(test.get("avg"), dict) else {}
             test = test.get("SDR") if _number(test.get("SDR"), positive=False) else None

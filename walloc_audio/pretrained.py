@@ -159,7 +159,8 @@ def separator_folders() -> list[Path]:
 
 
 def list_separators() -> list[dict]:
-    """Installed separators: name, path, the codec they work on, and what their file says of them."""
+    """Installed separators: name, path, the codec they work on, and what their file says of them
+    (``extra``: its JSON object, ``{}`` where the file holds something else)."""
     seen: dict[str, dict] = {}
     for folder in separator_folders():
         for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
@@ -168,6 +169,7 @@ def list_separators() -> list[dict]:
                 extra = json.loads(meta.get("extra", "{}"))
             except (OSError, ValueError):
                 continue
+            extra = extra if isinstance(extra, dict) else {}
             seen.setdefault(path.stem, {"name": path.stem, "path": str(path), "codec": meta.get("codec"),
                                         "codec_sha256": meta.get("codec_sha256"), "extra": extra,
                                         "bytes": path.stat().st_size})

@@ -68,11 +68,11 @@ def main() -> None:
 def start_from(net: torch.nn.Module, path: Path) -> dict:
     """Load ``path``'s tensors into ``net`` (all of them, same shapes); returns what figures.json records."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
         data = path.read_bytes()
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(load(data))
     except (OSError, SafetensorError) as exc:
         raise SystemExit(f"--init {path}: cannot read it ({exc})") from None
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
@@ -84,17 +84,15 @@ def prior_training(path: Path) -> dict:
     """What a shipped separator file says its weights were trained for (``prior_train_seconds``,
     ``prior_steps``), so an export of the continued run can state the total; ``{}`` for plain weights.
     Files exported before ``weights_at`` existed give their run's whole training time."""
-    from safetensors import safe_open
-
     from separation.separator import SEPARATOR_FORMAT
+    from walloc_audio.pretrained import safetensors_metadata
 
-    with safe_open(str(path), "np") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != SEPARATOR_FORMAT:
-        return {}
     try:
+        meta = safetensors_metadata(path)
+        if meta.get("format") != SEPARATOR_FORMAT:
+            return {}
         extra = json.loads(meta.get("extra") or "{}")
-    except ValueError:
+    except (OSError, ValueError):
         return {}
     extra = extra if isinstance(extra, dict) else {}
     at, tr = extra.get("weights_at"), extra.get("training")
